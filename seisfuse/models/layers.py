@@ -1,0 +1,167 @@
+"""Building blocks shared by the SFM (ViT-MAE) and SeisLM (wav2vec 2.0) ports.
+
+Every parameter carries logical axis names (`embed`, `heads`, `kv`, `mlp`, ...); the single table
+in `seisfuse.parallel` maps them to mesh axes, so no mesh axis appears here.
+Attention keeps PyTorch's fused/separate projections as three `(D, heads, head_dim)` kernels so that
+tensor parallelism can split heads and the converters can map weights one-to-one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+Dtype = jnp.dtype
+
+
+def logical(init: Initializer, names: Sequence[str | None]) -> Initializer:
+    """Attach logical axis names to an initializer (shorthand for nn.with_logical_partitioning)."""
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+def uniform_init(bound: float) -> Initializer:
+    """U(-bound, bound), e.g. xavier_uniform computed on a differently shaped PyTorch view."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """PyTorch's default GELU (erf form); `jax.nn.gelu` defaults to the tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> np.ndarray:
+    """MAE's fixed 2-D sin-cos table, shape [grid_h*grid_w (+1), dim], float32.
+
+    Token t = r*grid_w + c (row-major). Channels [0, dim/2) encode the column c and [dim/2, dim)
+    the row r; each half is [sin(p*w_k)] ++ [cos(p*w_k)], w_k = 10000^(-k/(dim/4)). Computed in
+    float64 like the original, then cast. The cls slot (row 0) is all zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        angles = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64),
+                             np.arange(grid_w, dtype=np.float64), indexing="ij")
+    table = np.concatenate([encode(cols), encode(rows)], axis=1)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return table.astype(np.float32)
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+    """LayerNorm with explicit eps (Flax defaults to 1e-6, PyTorch to 1e-5) and logical names."""
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, name=name,
+        scale_init=logical(nn.initializers.ones, ("embed",)),
+        bias_init=logical(nn.initializers.zeros, ("embed",)),
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Softmax attention with `query`/`key`/`value` kernels [D, heads, head_dim] and `out` [heads, head_dim, D]."""
+
+    num_heads: int
+    qkv_init: Initializer = nn.initializers.xavier_uniform()
+    out_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, L, D]; key_mask bool [B, L] (True = attend to this key) or None."""
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+        head_dim = width // self.num_heads
+
+        def project(name: str) -> jax.Array:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim), dtype=self.dtype, name=name,
+                kernel_init=logical(self.qkv_init, ("embed", "heads", "kv")),
+                bias_init=logical(nn.initializers.zeros, ("heads", "kv")),
+            )(x)
+
+        q, k, v = project("query"), project("key"), project("value")
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
+        return nn.DenseGeneral(
+            width, axis=(-2, -1), dtype=self.dtype, name="out",
+            kernel_init=logical(self.out_init, ("heads", "kv", "embed")),
+            bias_init=logical(nn.initializers.zeros, ("embed",)),
+        )(y)
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2 (names as timm's ViT MLP)."""
+
+    hidden: int
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Dtype = jnp.float32
+    names: tuple[str, str] = ("fc1", "fc2")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.Dense(self.hidden, dtype=self.dtype, name=self.names[0],
+                     kernel_init=logical(self.kernel_init, ("embed", "mlp")),
+                     bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
+        h = gelu_exact(h)
+        return nn.Dense(width, dtype=self.dtype, name=self.names[1],
+                        kernel_init=logical(self.kernel_init, ("mlp", "embed")),
+                        bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
+
+
+class PreNormBlock(nn.Module):
+    """timm ViT block: x + Attn(LN1 x), then x + MLP(LN2 x). Names norm1/attn/norm2/mlp."""
+
+    num_heads: int
+    mlp_hidden: int
+    eps: float
+    qkv_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + MultiHeadAttention(self.num_heads, qkv_init=self.qkv_init, dtype=self.dtype,
+                                   name="attn")(layer_norm(self.eps, self.dtype, "norm1")(x))
+        return x + Mlp(self.mlp_hidden, dtype=self.dtype,
+                       name="mlp")(layer_norm(self.eps, self.dtype, "norm2")(x))
+
+
+def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] float64 matrix of torch's bicubic resize (A = -0.75, align_corners=False, no antialias).
+
+    torch maps output pixel i to source (i + .5) * in/out - .5 without clamping, takes the four taps
+    around floor(src) with Keys' cubic weights, and clamps tap indices to the border.
+    """
+    a = -0.75
+    scale = in_size / out_size
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    base = np.floor(src)
+    t = src - base
+
+    def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    matrix = np.zeros((out_size, in_size))
+    for tap in range(4):
+        idx = np.clip(base.astype(np.int64) - 1 + tap, 0, in_size - 1)
+        np.add.at(matrix, (np.arange(out_size), idx), weights[:, tap])
+    return matrix
