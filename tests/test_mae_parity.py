@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 
 from seisfuse.convert import export_sfm, load_sfm
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
@@ -91,18 +92,9 @@ def test_round_trip_is_exact_and_loads_strict_in_torch(preset, tmp_path):
 
     cfg_back, params_back = load_sfm(out)
     assert cfg_back == cfg
-    flat = _flatten(params)
-    flat_back = _flatten(params_back)
+    flat = flatten_dict(params, sep="/")
+    flat_back = flatten_dict(params_back, sep="/")
     assert flat.keys() == flat_back.keys()
     for key in flat:
         np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(flat_back[key]), err_msg=key)
 
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -24,7 +24,8 @@ def _state() -> dict[str, torch.Tensor]:
     base = torch.randn(6, 5, generator=gen)
     return collections.OrderedDict(
         f32=torch.randn(2, 3, generator=gen), f16=torch.randn(4, generator=gen).half(),
-        bf16=torch.randn(3, 2, generator=gen).bfloat16(), i64=torch.arange(7), mask=torch.tensor([True, False]),
+        bf16=torch.randn(3, 2, generator=gen).bfloat16(), i64=torch.arange(7),
+        mask=torch.tensor([True, False]),
         transposed=base.t(), sliced=base[1:4, 2:], scalar=torch.tensor(3.5), empty=torch.zeros(0, 4),
         shared_a=base, shared_b=base.view(-1))
 

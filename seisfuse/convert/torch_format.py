@@ -141,7 +141,8 @@ class _SafeUnpickler(pickle.Unpickler):
             try:
                 raw = self._archive.read(entry)
             except KeyError:
-                raise CheckpointError(f"missing storage record {entry!r}: file truncated or corrupt")
+                raise CheckpointError(
+                    f"missing storage record {entry!r}: file truncated or corrupt") from None
             except (zipfile.BadZipFile, EOFError, OSError) as exc:
                 raise CheckpointError(f"cannot read storage {entry!r}: {exc}") from exc
             if len(raw) != numel * dtype.itemsize:
@@ -284,6 +285,7 @@ def write_torch_checkpoint(path: str | Path, obj: Any) -> None:
         archive.writestr(f"{archive_name}/data.pkl", data)
         archive.writestr(f"{archive_name}/byteorder", "little")
         for key, array in enumerate(writer.storages):
-            archive.writestr(f"{archive_name}/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
+            little_endian = array.astype(array.dtype.newbyteorder("<"))
+            archive.writestr(f"{archive_name}/data/{key}", little_endian.tobytes())
         archive.writestr(f"{archive_name}/version", "3\n")
     tmp.replace(path)

@@ -72,7 +72,7 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
 
 
 class MultiHeadAttention(nn.Module):
-    """Softmax attention with `query`/`key`/`value` kernels [D, heads, head_dim] and `out` [heads, head_dim, D]."""
+    """Softmax attention: `query`/`key`/`value` kernels [D, heads, head_dim], `out` [heads, head_dim, D]."""
 
     num_heads: int
     qkv_init: Initializer = nn.initializers.xavier_uniform()

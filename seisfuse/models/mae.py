@@ -188,9 +188,10 @@ class MaskedAutoencoder(nn.Module):
         if not c.decoder:
             return
         dd = c.decoder_embed_dim
-        self.decoder_embed = nn.Dense(dd, dtype=dtype,
-                                      kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "decoder_embed")),
-                                      bias_init=logical(nn.initializers.zeros, ("decoder_embed",)))
+        self.decoder_embed = nn.Dense(
+            dd, dtype=dtype,
+            kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "decoder_embed")),
+            bias_init=logical(nn.initializers.zeros, ("decoder_embed",)))
         self.mask_token = self.param("mask_token", logical(nn.initializers.normal(0.02),
                                                            (None, None, "embed")), (1, 1, dd))
         self.decoder_pos_embed = self._pos_param("decoder_pos_embed", dd, grid)
@@ -242,7 +243,8 @@ class MaskedAutoencoder(nn.Module):
             ids_restore = jnp.broadcast_to(jnp.arange(length), (batch, length))
         else:
             if tuple(noise.shape) != (batch, length):
-                raise ValueError(f"noise must have shape [B, L] = {(batch, length)}, got {tuple(noise.shape)}")
+                raise ValueError(f"noise must have shape [B, L] = {(batch, length)}, "
+                                 f"got {tuple(noise.shape)}")
             ids_keep, mask, ids_restore = random_masking(noise, mask_ratio)
             x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
         cls = jnp.broadcast_to(self.cls_token + self.pos_embed[:, :1], (batch, 1, x.shape[-1]))

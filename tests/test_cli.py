@@ -1,0 +1,42 @@
+"""The `seisfuse` command as a user runs it."""
+
+import subprocess
+import sys
+
+import numpy as np
+from flax.traverse_util import flatten_dict
+
+from seisfuse.cli import main
+from seisfuse.convert import load_converted, load_sfm
+from seisfuse.models.mae import MAEConfig
+from tests.reference.mae_torch import build_reference, save_like_sfm
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "seisfuse.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "convert" in out
+
+
+def test_convert_sfm_writes_a_directory_that_loads_back_identical(tmp_path, capsys):
+    src = tmp_path / "sfm.pth"
+    save_like_sfm(build_reference(MAEConfig.preset("tiny")), src)
+    out_dir = tmp_path / "converted"
+    assert main(["convert", "sfm", str(src), str(out_dir)]) == 0
+    kind, config, params = load_converted(out_dir)
+    assert kind == "sfm" and MAEConfig.from_dict(config) == MAEConfig.preset("tiny")
+    _, expected = load_sfm(src)
+    flat = flatten_dict(params, sep="/")
+    for path, value in flatten_dict(expected, sep="/").items():
+        np.testing.assert_array_equal(flat[path], np.asarray(value), err_msg=path)
+    assert main(["convert", "sfm", str(src), str(out_dir)]) == 2, "never overwrite converted params"
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_convert_reports_a_corrupt_file(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["convert", "sfm", str(bad), str(tmp_path / "out")]) == 2
+    assert "not a PyTorch zip checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "params").exists()
+
