@@ -9,7 +9,14 @@ import torch
 
 from seisfuse.convert.sfm import params_to_state_dict
 from seisfuse.models.layers import sincos_pos_embed_2d
-from seisfuse.models.mae import MAEConfig, MaskedAutoencoder, patchify, resize_pos_embed, unpatchify
+from seisfuse.models.mae import (
+    MAEConfig,
+    MaskedAutoencoder,
+    for_image_size,
+    patchify,
+    resize_pos_embed,
+    unpatchify,
+)
 from tests.reference.mae_torch import MaskedAutoencoderViT, sincos_table
 
 
@@ -127,3 +134,15 @@ def test_patchify_round_trip_and_order():
     assert patches.shape == (2, 4, 768)
     np.testing.assert_array_equal(np.asarray(patches[0, 1, :3]), np.asarray(images[0, 0, 16, :]))
     np.testing.assert_array_equal(np.asarray(unpatchify(patches, 16, 3)), np.asarray(images))
+
+
+def test_for_image_size_runs_at_the_new_size(tiny):
+    cfg, model, params = tiny
+    big_cfg, big_params = for_image_size(cfg, params, 512)
+    assert big_cfg.img_size == 512 and big_cfg.learned_pos_embed
+    assert big_params["pos_embed"].shape == (1, 1 + 32 * 32, 64)
+    np.testing.assert_allclose(np.asarray(big_params["pos_embed"]),
+                               resize_pos_embed(np.asarray(params["pos_embed"]), 32))
+    big = MaskedAutoencoder(big_cfg)
+    latent, _, _ = big.apply({"params": big_params}, jnp.zeros((1, 512, 512, 1)), method=big.encode)
+    assert latent.shape == (1, 1 + 1024, 64)

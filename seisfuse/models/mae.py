@@ -294,3 +294,16 @@ def resize_pos_embed(pos_embed: np.ndarray, new_grid: int, num_prefix_tokens: in
     matrix = bicubic_resize_matrix(old_grid, new_grid)
     resized = np.einsum("ih,jw,hwd->ijd", matrix, matrix, grid).reshape(1, new_grid**2, -1)
     return np.concatenate([prefix, resized.astype(pos_embed.dtype)], axis=1)
+
+
+def for_image_size(cfg: MAEConfig, params: dict[str, Any], img_size: int) -> tuple[MAEConfig, dict[str, Any]]:
+    """Adapt a checkpoint to another image size as SFM's fine-tuning does (e.g. 224 -> 768 for facies).
+
+    Position tables are resized bicubically (`resize_pos_embed`) and become learned parameters, as
+    in SFM's fine-tuning ViT; the rest of the params are shared unchanged.
+    """
+    new_cfg = dataclasses.replace(cfg, img_size=img_size, learned_pos_embed=True)
+    names = ["pos_embed"] + (["decoder_pos_embed"] if cfg.decoder and "decoder_pos_embed" in params else [])
+    resized = {name: jnp.asarray(resize_pos_embed(np.asarray(params[name]), new_cfg.grid_size))
+               for name in names}
+    return new_cfg, {**params, **resized}

@@ -1,0 +1,1 @@
+"""Training: optimizers (and, later, the generic sharded loop and tasks)."""
