@@ -1,0 +1,190 @@
+"""grain input pipelines for the four tasks: MAE images, SeisLM waveforms, paired image+waveform,
+phase picking.
+
+    source (random access) → shard by JAX process → shuffle (reshuffled every epoch) → repeat
+    → per-example task transform with its own seeded rng → batch → [worker processes]
+
+Every random choice is a function of (seed, shard, index), so a pipeline gives the same batches
+for a seed whatever the number of workers, and `iterator.get_state()` / `set_state()` restore
+it exactly (the state is a small JSON-able dict; save it beside the model checkpoint).
+Batches are dicts of numpy arrays: images [B, 224, 224, 1], waveforms [B, 3001, 3], pick
+labels [B, 3001, 3] (P, S, noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+import grain
+import numpy as np
+
+from seisfuse.data import transforms
+from seisfuse.data.synthetic import generate_pair
+
+Task = Literal["mae", "waveform", "paired", "picking"]
+TASKS: tuple[str, ...] = ("mae", "waveform", "paired", "picking")
+PAIR_METADATA = {
+    "p_sample": np.int32,
+    "s_sample": np.int32,
+    "depth_km": np.float32,
+    "distance_km": np.float32,
+    "magnitude": np.float32,
+}
+
+
+class SyntheticSource:
+    """`num_examples` physics-paired examples of dataset `seed`, generated on access."""
+
+    def __init__(self, num_examples: int, seed: int = 0):
+        self.num_examples, self.seed = int(num_examples), int(seed)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+        return generate_pair(self.seed, int(index))
+
+
+class ArraySource:
+    """Equal-length arrays as a source: `ArraySource(image=patches)` yields {"image": patches[i]}."""
+
+    def __init__(self, **arrays: np.ndarray):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if not arrays or len(set(lengths.values())) != 1:
+            raise ValueError(f"need one or more arrays of equal length, got {lengths}")
+        self.arrays = arrays
+        self.length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[index] for k, v in self.arrays.items()}
+
+
+class DatSource:
+    """SFM-style folder of `.dat` patches (one z-scored [H, W, 1] image each)."""
+
+    def __init__(self, paths: Sequence[str], shape: Sequence[int] = (224, 224)):
+        self.paths, self.shape = list(paths), tuple(shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        from seisfuse.data.readers import read_dat
+
+        return {"image": read_dat(self.paths[index], self.shape)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTransform:
+    """Turns a source example into the model input of one task (a grain RandomMap callable)."""
+
+    task: str
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}, expected one of {TASKS}")
+
+    def __call__(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.task == "mae":
+            return {"image": transforms.zscore_image(example["image"])}
+        if self.task == "paired":
+            ex = transforms.augment_pair(example, rng) if self.augment else example
+            out = {
+                "image": transforms.zscore_image(ex["image"]),
+                "waveform": transforms.normalize_waveform(ex["waveform"]),
+            }
+            out.update({k: np.asarray(ex[k], dtype) for k, dtype in PAIR_METADATA.items() if k in ex})
+            return out
+        waveform = np.asarray(example["waveform"], np.float32)
+        if self.task == "waveform":
+            if waveform.shape[0] != transforms.WINDOW or self.augment:
+                waveform, _ = transforms.random_window(waveform, rng, max_pad=300 if self.augment else 0)
+            return {"waveform": transforms.normalize_waveform(waveform)}
+        picks = {"p": float(example.get("p_sample", np.nan)), "s": float(example.get("s_sample", np.nan))}
+        if waveform.shape[0] != transforms.WINDOW or self.augment:
+            waveform, picks = transforms.random_window(
+                waveform, rng, picks=picks, max_pad=300 if self.augment else 0
+            )
+        return {
+            "waveform": transforms.normalize_waveform(waveform),
+            "labels": transforms.pick_labels(picks["p"], picks["s"]),
+        }
+
+
+def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    if (shard_index is None) != (shard_count is None):
+        raise ValueError("give both shard_index and shard_count, or neither (then JAX's process index/count)")
+    if shard_index is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read an absl flag, which fails in scripts that do not use
+    absl.app (google/grain#1355); marking the still-default flags as parsed is harmless."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(
+    source,
+    *,
+    task: Task,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    augment: bool = False,
+    drop_remainder: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_workers: int = 0,
+    worker_buffer_size: int = 2,
+    read_threads: int = 1,
+    prefetch: int = 2,
+) -> grain.IterDataset:
+    """A grain pipeline yielding batches (dicts of numpy arrays) for `task`.
+
+    source: anything with __len__ and __getitem__ returning dicts (`SyntheticSource`,
+    `ArraySource`, `DatSource`, `readers.SeisBenchSource`, `tfds.data_source(...)`).
+    This host reads the examples i ≡ shard_index (mod shard_count), by default
+    jax.process_index() / jax.process_count(); batch_size is per host. num_epochs None repeats
+    forever. num_workers > 0 runs the per-example work in that many processes (same output);
+    each process builds batches with `read_threads` threads and keeps `prefetch` batches ready
+    (grain's defaults, 16 threads and 500 batches, would flood a small host).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    index, count = _process_shard(shard_index, shard_count)
+    ds = grain.MapDataset.source(source)
+    if len(ds) == 0:
+        raise ValueError("the source is empty")
+    ds = ds[index::count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {index}/{count} of a {len(source)}-example source is empty")
+    if shuffle:
+        ds = ds.shuffle(seed=seed + index)
+    ds = ds.repeat(num_epochs)
+    ds = ds.random_map(TaskTransform(task, augment), seed=seed + 7919 * index + 1)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        _absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size)
+        )
+    return it_ds

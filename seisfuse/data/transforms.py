@@ -1,0 +1,124 @@
+"""Per-example numpy transforms: the normalisations SFM and SeisLM were trained with, windows,
+pick labels, and augmentations that keep an image/waveform pair physically consistent.
+
+Everything here takes and returns numpy arrays (host side, inside grain workers) and draws its
+randomness from an explicit `np.random.Generator`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WINDOW = 3001
+PICK_SIGMA = 20.0  # samples, SeisLM's phase-picking labels
+
+
+def zscore_image(image: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """SFM's per-image normalisation (x − mean) / (std + 1e-6), float32."""
+    image = np.asarray(image, np.float32)
+    return ((image - image.mean()) / (image.std() + eps)).astype(np.float32)
+
+
+def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
+    """SeisLM's per-channel normalisation of [T, C]: demean, divide by std + 1e-10 (std 0 → 1).
+
+    A dead (constant) channel becomes zeros instead of dividing by zero.
+    """
+    w = np.asarray(waveform, np.float32)
+    w = w - w.mean(axis=0, keepdims=True)
+    std = w.std(axis=0, keepdims=True)
+    return (w / (np.where(std == 0, 1.0, std) + 1e-10)).astype(np.float32)
+
+
+def window(waveform: np.ndarray, start: int, length: int = WINDOW) -> np.ndarray:
+    """Samples [start, start + length) of [T, C]; parts outside the record are zero-padded."""
+    t, c = waveform.shape
+    out = np.zeros((length, c), np.float32)
+    lo, hi = max(start, 0), min(start + length, t)
+    if hi > lo:
+        out[lo - start : hi - start] = waveform[lo:hi]
+    return out
+
+
+def random_window(
+    waveform: np.ndarray,
+    rng: np.random.Generator,
+    length: int = WINDOW,
+    picks: dict[str, float] | None = None,
+    margin: int = 100,
+    max_pad: int = 0,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Random `length`-sample window of [T, C], zero-padded where it leaves the record.
+
+    The start is drawn in [min(0, T − length) − max_pad, max(0, T − length) + max_pad]. With
+    picks (sample indices; None/NaN = missing) only windows keeping every valid pick at least
+    `margin` samples inside are drawn; if none exists the first pick is put at `margin`.
+    Returns the window and the picks shifted into it.
+    """
+    t = waveform.shape[0]
+    lo, hi = min(0, t - length) - max_pad, max(0, t - length) + max_pad
+    valid = [p for p in (picks or {}).values() if p is not None and np.isfinite(p)]
+    if valid:
+        lo = max(lo, int(np.ceil(max(valid))) + margin - length + 1)
+        hi = min(hi, int(np.floor(min(valid))) - margin)
+        if lo > hi:
+            lo = hi = int(np.floor(min(valid))) - margin
+    start = int(rng.integers(lo, hi + 1))
+    shifted = {
+        k: (v - start if v is not None and np.isfinite(v) else np.nan) for k, v in (picks or {}).items()
+    }
+    return window(waveform, start, length), shifted
+
+
+def pick_labels(
+    p_sample: float | None, s_sample: float | None, length: int = WINDOW, sigma: float = PICK_SIGMA
+) -> np.ndarray:
+    """[length, 3] targets (P, S, Noise): Gaussians of std `sigma` at the picks, noise = 1 − P − S.
+
+    A missing pick (None or NaN) gives an all-zero channel; noise is clipped at 0 where P and S
+    overlap.
+    """
+    t = np.arange(length, dtype=np.float64)
+    channels = []
+    for pick in (p_sample, s_sample):
+        if pick is None or not np.isfinite(pick):
+            channels.append(np.zeros(length))
+        else:
+            channels.append(np.exp(-0.5 * ((t - float(pick)) / sigma) ** 2))
+    noise = np.clip(1.0 - channels[0] - channels[1], 0.0, 1.0)
+    return np.stack(channels + [noise], axis=-1).astype(np.float32)
+
+
+def augment_pair(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Augment an image/waveform pair without breaking the physics they share.
+
+    - image left-right flip (labels and the station trace flip with it; the station's column,
+      hence the seismogram, is unchanged);
+    - rotation of the horizontal components by a random angle (the section carries no azimuth;
+      the back-azimuth label turns with them);
+    - polarity flip of all three components (source mechanism sign);
+    - a random time shift of the 3001-sample window (picks move with it).
+    Not done: image polarity flips or vertical shifts, which would change the reflectivity signs
+    and the reflector times that the converted phases encode.
+    """
+    out = dict(example)
+    if rng.random() < 0.5:
+        for key in ("image", "clean", "reflectivity", "facies", "salt", "trace_mask"):
+            if key in out:
+                out[key] = np.ascontiguousarray(out[key][:, ::-1])
+        if "station_trace" in out:
+            out["station_trace"] = np.int32(out["image"].shape[1] - 1 - int(out["station_trace"]))
+    w = np.asarray(out["waveform"], np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    c, s = np.cos(angle), np.sin(angle)
+    north, east = w[:, 1] * c - w[:, 2] * s, w[:, 1] * s + w[:, 2] * c
+    w = np.stack([w[:, 0], north, east], axis=-1) * rng.choice([-1.0, 1.0])
+    if "back_azimuth" in out:
+        # Horizontal vectors turn by +angle (from N towards E), and so does every azimuth.
+        out["back_azimuth"] = np.float32((float(out["back_azimuth"]) + np.degrees(angle)) % 360.0)
+    picks = {k: float(out[k]) for k in ("p_sample", "s_sample") if k in out}
+    w, picks = random_window(w, rng, w.shape[0], picks, max_pad=300)
+    out["waveform"] = w.astype(np.float32)
+    for k, v in picks.items():
+        out[k] = np.int32(round(v)) if np.isfinite(v) else np.int32(-1)
+    return out
