@@ -8,6 +8,7 @@ tensor parallelism can split heads and the converters can map weights one-to-one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -71,13 +72,71 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
     )
 
 
+def _attention_probs(q: jax.Array, k: jax.Array, key_mask: jax.Array, scale: float) -> jax.Array:
+    """softmax(q·k·scale) of one example, float32 [heads, Lq, Lk]; q [Lq, h, d], k [Lk, h, d]."""
+    scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(key_mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def per_example_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                          scale: float) -> jax.Array:
+    """jax.nn.dot_product_attention's result (q, k, v [B, L, heads, head_dim]; key_mask bool [B, L]),
+    computed one example at a time, with a backward pass that recomputes the probabilities.
+
+    Why: XLA:CPU materialises the [B, heads, L, L] scores several times over and keeps the
+    probabilities for the backward; one example's scores stay in cache and nothing of size B·L²
+    is stored. For L = 749, 12 heads of 20 (SeisLM-base) forward + backward is ~5x faster on a
+    CPU. Accelerators should keep jax.nn.dot_product_attention (fused kernels, batch parallelism).
+    """
+    return _per_example_forward(q, k, v, key_mask, scale)
+
+
+def _per_example_forward(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                         scale: float) -> jax.Array:
+    def one(args: tuple[jax.Array, ...]) -> jax.Array:
+        q, k, v, mask = args
+        return jnp.einsum("hqk,khd->qhd", _attention_probs(q, k, mask, scale).astype(v.dtype), v)
+
+    return jax.lax.map(one, (q, k, v, key_mask))
+
+
+def _per_example_fwd(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                     scale: float) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    out = _per_example_forward(q, k, v, key_mask, scale)
+    return out, (q, k, v, key_mask, out)
+
+
+def _per_example_bwd(scale: float, residuals: tuple[jax.Array, ...],
+                     d_out: jax.Array) -> tuple[jax.Array | None, ...]:
+    def one(args: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        q, k, v, mask, out, d_out = args
+        p = _attention_probs(q, k, mask, scale)
+        d_v = jnp.einsum("hqk,qhd->khd", p.astype(d_out.dtype), d_out)
+        d_p = jnp.einsum("qhd,khd->hqk", d_out, v, preferred_element_type=jnp.float32)
+        row = jnp.einsum("qhd,qhd->hq", d_out, out, preferred_element_type=jnp.float32)
+        d_scores = (p * (d_p - row[..., None]) * scale).astype(q.dtype)
+        return (jnp.einsum("hqk,khd->qhd", d_scores, k), jnp.einsum("hqk,qhd->khd", d_scores, q), d_v)
+
+    d_q, d_k, d_v = jax.lax.map(one, (*residuals, d_out))
+    return d_q, d_k, d_v, None
+
+
+per_example_attention.defvjp(_per_example_fwd, _per_example_bwd)
+
+
 class MultiHeadAttention(nn.Module):
-    """Softmax attention: `query`/`key`/`value` kernels [D, heads, head_dim], `out` [heads, head_dim, D]."""
+    """Softmax attention: `query`/`key`/`value` kernels [D, heads, head_dim], `out` [heads, head_dim, D].
+
+    per_example=True computes the same thing with `per_example_attention` (faster on CPU).
+    """
 
     num_heads: int
     qkv_init: Initializer = nn.initializers.xavier_uniform()
     out_init: Initializer = nn.initializers.xavier_uniform()
     dtype: Dtype = jnp.float32
+    per_example: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
@@ -95,8 +154,12 @@ class MultiHeadAttention(nn.Module):
             )(x)
 
         q, k, v = project("query"), project("key"), project("value")
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
+        if self.per_example:
+            mask = jnp.ones(x.shape[:2], bool) if key_mask is None else key_mask.astype(bool)
+            y = per_example_attention(q, k, v, mask, head_dim**-0.5)
+        else:
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, name="out",
             kernel_init=logical(self.out_init, ("heads", "kv", "embed")),
