@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace, _overrides: list[str]) -> int:
     from seisfuse.convert.common import save_converted
 
     with warnings.catch_warnings(record=True) as caught:
@@ -21,7 +21,8 @@ def _convert(args: argparse.Namespace) -> int:
         else:
             from seisfuse.convert.seislm import load_seislm
 
-            cfg, params = load_seislm(args.input)
+            overrides = {"num_attention_heads": args.num_heads} if args.num_heads else {}
+            cfg, params = load_seislm(args.input, **overrides)
     notes = [str(w.message) for w in caught]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -29,6 +30,86 @@ def _convert(args: argparse.Namespace) -> int:
                          source=str(args.input), notes=notes)
     print(f"wrote {args.model} params and config.json to {out}")
     print(f"config: {cfg}")
+    return 0
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from seisfuse.parallel import initialize_distributed
+    from seisfuse.train.config import load_config
+    from seisfuse.train.loop import train
+    from seisfuse.train.tasks import make_task
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    config = load_config(args.config, overrides)
+    train(make_task(config), config, args.workdir, resume=args.resume)
+    return 0
+
+
+def _embed(args: argparse.Namespace, overrides: list[str]) -> int:
+    from seisfuse.eval.embed import (
+        IMAGE_SUFFIXES,
+        WAVEFORM_SUFFIXES,
+        list_inputs,
+        load_embedder,
+        read_items,
+        save_embeddings,
+    )
+
+    embedder = load_embedder(args.run_dir, args.config, [o.removeprefix("--") for o in overrides])
+    modality = _modality(embedder, args.modality, args.inputs)
+    key = embedder.input_key(modality)
+    files = list_inputs(args.inputs, IMAGE_SUFFIXES if key == "image" else WAVEFORM_SUFFIXES)
+    items, names = read_items(files, key)
+    path, meta = save_embeddings(args.out, embedder(modality, items), names, modality, args.run_dir)
+    print(f"wrote {len(names)} {modality} embeddings to {path} (names in {meta.name})")
+    return 0
+
+
+def _retrieve(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from seisfuse.eval.embed import load_embedder, load_embeddings, read_items
+    from seisfuse.eval.metrics import similarity
+
+    gallery, info = load_embeddings(args.gallery)
+    embedder = load_embedder(args.run_dir, args.config, [o.removeprefix("--") for o in overrides])
+    if not Path(args.query).is_file():
+        raise FileNotFoundError(f"query file not found: {args.query}")
+    modality = _modality(embedder, args.modality, [args.query])
+    items, names = read_items([Path(args.query)], embedder.input_key(modality))
+    scores = similarity(embedder(modality, items), gallery)
+    k = min(args.k, len(gallery))
+    for name, row in zip(names, scores, strict=True):
+        print(f"{name} ({modality}) -> nearest {k} of {len(gallery)} {info['modality']} items:")
+        for rank, j in enumerate(np.argsort(-row, kind="stable")[:k], start=1):
+            print(f"  {rank:3d}  {row[j]:+.4f}  {info['names'][j]}")
+    return 0
+
+
+def _modality(embedder, requested: str, inputs: Sequence[str]) -> str:
+    """The model modality to embed with: as requested, or the one whose tower reads this kind of file."""
+    from pathlib import Path
+
+    from seisfuse.eval.embed import guess_input_key, list_inputs
+
+    if requested != "auto":
+        return requested
+    first = list_inputs(inputs[:1], (".npy", ".dat", ".mseed", ".miniseed", ".sac"))[0]
+    key = guess_input_key(Path(first))
+    matches = [m for m in embedder.modalities if embedder.input_key(m) == key]
+    if len(matches) != 1:
+        raise ValueError(f"{first} looks like a {key}; the model's modalities {list(embedder.modalities)} "
+                         "do not decide which tower reads it: pass --modality")
+    return matches[0]
+
+
+def _demo(args: argparse.Namespace, _overrides: list[str]) -> int:
+    from seisfuse.demo import HELDOUT_PAIRS, TRAIN_PAIRS, run_demo
+
+    run_demo(args.out, train_pairs=args.train_pairs or TRAIN_PAIRS,
+             heldout_pairs=args.heldout_pairs or HELDOUT_PAIRS, steps=args.steps, workers=args.workers)
     return 0
 
 
@@ -43,18 +124,73 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", help="the .pth / .ckpt file")
     convert.add_argument("output_dir", help="directory to create (must not hold a checkpoint)")
     convert.add_argument("--num-heads", type=int, default=None,
-                         help="SFM encoder heads, if the width/depth match no preset")
+                         help="encoder attention heads, if the file's width/depth match no preset")
     convert.add_argument("--decoder-num-heads", type=int, default=None,
                          help="SFM decoder heads, if the width/depth match no preset")
     convert.set_defaults(run=_convert)
+
+    fit = sub.add_parser("train", help="pretrain a model on a device mesh (MAE, SeisLM)",
+                         description="Train from an experiment config. Override any config field with "
+                                     "--config.a.b=value (or --a.b=value), e.g. --wandb.mode=disabled.")
+    fit.add_argument("--config", required=True,
+                     help="configs/FILE.py:VARIANT, e.g. configs/mae_pretrain.py:tiny")
+    fit.add_argument("--workdir", required=True, help="checkpoints, TensorBoard and wandb files go here")
+    fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in workdir")
+    fit.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
+    fit.add_argument("--num-processes", type=int, default=None)
+    fit.add_argument("--process-id", type=int, default=None)
+    fit.set_defaults(run=_train, accepts_overrides=True)
+
+    embed = sub.add_parser("embed", help="joint-space embeddings of images or waveforms (npy)",
+                           description="Embed a file or folder of images (.npy [224,224(,1)] or stacks, "
+                                       "SFM .dat) or waveforms (.npy [3001,3] or stacks, miniSEED/SAC) "
+                                       "with a trained alignment run. Writes OUT.npy [N, D] and OUT.json "
+                                       "(modality, item names).")
+    embed.add_argument("inputs", nargs="+", help="files and/or folders")
+    embed.add_argument("--run", dest="run_dir", required=True,
+                       help="a `seisfuse demo --out` or `seisfuse train` folder")
+    embed.add_argument("--out", required=True, help="output .npy path")
+    embed.add_argument("--modality", default="auto", help="model modality (default: from the file shapes)")
+    embed.add_argument("--config", default=None,
+                       help="the run's configs/FILE.py:VARIANT if RUN has no config.json")
+    embed.set_defaults(run=_embed, accepts_overrides=True)
+
+    retrieve = sub.add_parser("retrieve", help="nearest items of the other modality for a query",
+                              description="Embed QUERY (an image or waveform file) and list the nearest "
+                                          "items of a gallery written by `seisfuse embed`.")
+    retrieve.add_argument("query", help="an image or waveform file (a stack gives one answer per item)")
+    retrieve.add_argument("--gallery", required=True, help="embeddings .npy from `seisfuse embed`")
+    retrieve.add_argument("--run", dest="run_dir", required=True, help="the run that embedded the gallery")
+    retrieve.add_argument("-k", type=int, default=5, help="how many nearest items (default 5)")
+    retrieve.add_argument("--modality", default="auto", help="the query's modality (default: from its shape)")
+    retrieve.add_argument("--config", default=None,
+                          help="the run's configs/FILE.py:VARIANT if RUN has no config.json")
+    retrieve.set_defaults(run=_retrieve, accepts_overrides=True)
+
+    demo = sub.add_parser("demo", help="generate paired data, align on CPU, evaluate retrieval (minutes)",
+                          description="Generate physics-paired synthetic pairs, train the tiny joint model "
+                                      "on CPU, evaluate image<->waveform retrieval on held-out pairs and "
+                                      "write metrics.json, summary.txt, figures/ and checkpoints/ to --out.")
+    demo.add_argument("--out", default="seisfuse-demo", help="output folder (default ./seisfuse-demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    demo.add_argument("--train-pairs", type=int, default=None, help="training pairs (default 2048)")
+    demo.add_argument("--heldout-pairs", type=int, default=None, help="held-out pairs (default 256)")
+    demo.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
+    demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
+    if bad:
+        parser.error(f"config overrides look like --config.a.b=value, got {' '.join(bad)}")
     try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        return args.run(args, extra)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
         print(f"seisfuse {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

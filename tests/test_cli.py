@@ -40,3 +40,21 @@ def test_convert_reports_a_corrupt_file(tmp_path, capsys):
     assert "not a PyTorch zip checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out" / "params").exists()
 
+
+
+def test_convert_seislm_lightning_checkpoint(tmp_path):
+    from seisfuse.convert import load_seislm
+    from seisfuse.models.wav2vec2 import Wav2Vec2Config
+    from tests.reference.wav2vec2_torch import build, ref_config, save_lightning_checkpoint
+
+    cfg = Wav2Vec2Config.preset("tiny")
+    src = tmp_path / "seislm.ckpt"
+    save_lightning_checkpoint(build(ref_config(cfg)), src)
+    out_dir = tmp_path / "converted"
+    assert main(["convert", "seislm", str(src), str(out_dir)]) == 0
+    kind, config, params = load_converted(out_dir)
+    assert kind == "seislm" and Wav2Vec2Config.from_dict(config).hidden_size == cfg.hidden_size
+    _, expected = load_seislm(src)
+    flat = flatten_dict(params, sep="/")
+    for path, value in flatten_dict(expected, sep="/").items():
+        np.testing.assert_array_equal(flat[path], np.asarray(value), err_msg=path)

@@ -1,15 +1,21 @@
-"""optax optimizers that reproduce each original's parameter groups.
+"""optax optimizers that reproduce each original's parameter groups and schedules.
 
-SFM/MAE (timm's add_weight_decay): no weight decay on 1-D parameters and biases; the fixed sin-cos
-position tables are not trained at all (requires_grad=False in PyTorch), so they get no optimizer
-state and no update here either.
+Every task labels its params 'decay' / 'no_decay' / 'frozen'. SFM/MAE (timm's add_weight_decay):
+no weight decay on 1-D parameters and biases; the fixed sin-cos position tables are not trained
+(requires_grad=False in PyTorch), so they get no optimizer state and no update here either.
+Torch's AdamW decays p by lr·wd before the Adam step; optax's adamw adds wd·p to the Adam update
+before scaling by -lr: the same update.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.traverse_util import path_aware_map
 
@@ -27,12 +33,72 @@ def mae_param_labels(params: Any, learned_pos_embed: bool = False) -> Any:
     return path_aware_map(label, params)
 
 
+def mae_layer_scales(params: Any, depth: int, layer_decay: float) -> Any:
+    """Layer-wise lr decay of MAE fine-tuning: embeddings id 0, blocks_i id i+1, the rest depth+1.
+
+    A parameter of layer id k is scaled by layer_decay^(depth + 1 - k).
+    """
+
+    def scale(path: tuple[str, ...], _: jax.Array) -> float:
+        top = path[0]
+        if top in ("cls_token", "pos_embed", "patch_embed"):
+            layer = 0
+        elif match := re.fullmatch(r"blocks_(\d+)", top):
+            layer = int(match.group(1)) + 1
+        else:
+            layer = depth + 1
+        return layer_decay ** (depth + 1 - layer)
+
+    return path_aware_map(scale, params)
+
+
+def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0) -> optax.Schedule:
+    """Linear warm-up from 0 to peak_lr, then half-cosine to end_lr at total_steps (all originals)."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps ({warmup_steps}) must be in [0, total_steps={total_steps})")
+    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, end_lr)
+
+
+def cosine_anneal(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
+    """Half-cosine from start to end over total_steps (SeisLM's Gumbel temperature 2.0 -> 0.5)."""
+    progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiply each update by a fixed per-parameter factor (e.g. layer-wise lr decay)."""
+    return optax.stateless(lambda updates, _params: jax.tree.map(jnp.multiply, updates, scales))
+
+
+def adamw(schedule: optax.Schedule | float, labels: Any, *, weight_decay: float, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8, clip_norm: float | None = None,
+          layer_scales: Any = None) -> optax.GradientTransformation:
+    """AdamW over labelled groups: global-norm clipping, Adam, decoupled decay on 'decay' only,
+    optional per-parameter lr scales, then the learning-rate schedule. 'frozen' params get no state."""
+    adam = optax.scale_by_adam(b1, b2, eps)
+    chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    chain.append(optax.multi_transform(
+        {"decay": optax.chain(adam, optax.add_decayed_weights(weight_decay)),
+         "no_decay": optax.scale_by_adam(b1, b2, eps),
+         "frozen": optax.set_to_zero()}, labels))
+    if layer_scales is not None:
+        chain.append(scale_by_tree(layer_scales))
+    chain.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*chain)
+
+
 def mae_adamw(learning_rate: float | optax.Schedule, params: Any, *, weight_decay: float = 0.05,
               b1: float = 0.9, b2: float = 0.95,
               learned_pos_embed: bool = False) -> optax.GradientTransformation:
     """SFM's pretraining AdamW (betas .9/.95, wd .05 on matrices only, fixed tables untouched)."""
-    return optax.multi_transform(
-        {"decay": optax.adamw(learning_rate, b1, b2, weight_decay=weight_decay),
-         "no_decay": optax.adamw(learning_rate, b1, b2, weight_decay=0.0),
-         "frozen": optax.set_to_zero()},
-        mae_param_labels(params, learned_pos_embed))
+    return adamw(learning_rate, mae_param_labels(params, learned_pos_embed),
+                 weight_decay=weight_decay, b1=b1, b2=b2)
+
+
+def optimizer_from_config(opt: Mapping[str, Any], labels: Any, total_steps: int,
+                          layer_scales: Any = None) -> optax.GradientTransformation:
+    """Build `adamw` from an experiment config's `optimizer` section."""
+    schedule = warmup_cosine(opt["lr"], opt["warmup_steps"], total_steps, opt.get("end_lr", 0.0))
+    return adamw(schedule, labels, weight_decay=opt["weight_decay"], b1=opt["b1"], b2=opt["b2"],
+                 eps=opt.get("eps", 1e-8), clip_norm=opt.get("clip_norm") or None,
+                 layer_scales=layer_scales)

@@ -1,0 +1,248 @@
+"""One generic sharded training loop for every task.
+
+The step is `jax.jit` with explicit in/out shardings and a donated state; it never syncs with the
+host. Parameters are sharded by their logical axis names (seisfuse.parallel), optimizer state
+follows them, batches shard over (data, fsdp) and each process feeds its own slice. Non-finite
+loss or gradients leave the state untouched inside the step; the host reads that flag one step
+late (so dispatch never waits) and either stops with an error naming the step or counts a skip.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from seisfuse.parallel import (
+    batch_sharding,
+    follow_params,
+    local_batch_size,
+    make_mesh,
+    param_shardings,
+    process_batch_offset,
+    replicated,
+    to_global,
+)
+from seisfuse.train.checkpoint import Checkpointer, abstract_with_shardings
+from seisfuse.train.logging import MetricLogger
+from seisfuse.train.optim import optimizer_from_config
+from seisfuse.train.tasks import Task
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradients became NaN/Inf."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+DATA_STREAM, MASK_STREAM = 0, 1
+
+
+def example_rngs(seed: int, stream: int, step: int, first: int, count: int) -> list[np.random.Generator]:
+    """One Generator per example, keyed by its global index: the same draws however the global
+    batch is split over processes, and on resume."""
+    return [np.random.default_rng([seed, stream, step, first + i]) for i in range(count)]
+
+
+class RandomBatches:
+    """Deterministic random raw batches (smoke tests, benchmarks); its state is the batch count."""
+
+    def __init__(self, task: Task, batch_size: int, seed: int, first_example: int = 0):
+        self.task, self.batch_size, self.seed, self.first = task, batch_size, seed, first_example
+        self.count = 0
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rngs = example_rngs(self.seed, DATA_STREAM, self.count, self.first, self.batch_size)
+        self.count += 1
+        examples = [self.task.random_example(rng) for rng in rngs]
+        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.count = int(state["count"])
+
+
+class Trainer:
+    """Builds mesh, shardings, optimizer and the jitted step for a task and an experiment config."""
+
+    def __init__(self, task: Task, config: Mapping[str, Any]):
+        self.task, self.config = task, config
+        self.mesh = make_mesh(**config["mesh"])
+        self.local_batch = local_batch_size(config["batch_size"], self.mesh)
+        self.first_example = process_batch_offset(config["batch_size"], self.mesh)
+        self.accumulate = int(config["optimizer"].get("accumulate", 1))
+        if self.local_batch % self.accumulate:
+            raise ValueError(f"per-process batch {self.local_batch} is not divisible by "
+                             f"accumulate={self.accumulate}")
+        key = jax.random.key(config["seed"])
+        boxed = jax.eval_shape(task.init_params, key)
+        shardings = param_shardings(boxed, self.mesh)
+        abstract_params = nn.unbox(boxed)
+        opt = config["optimizer"]
+        scales = (task.layer_scales(abstract_params, opt["layer_decay"])
+                  if opt.get("layer_decay", 1.0) != 1.0 else None)
+        labels = task.param_labels(abstract_params)
+        self.tx = optimizer_from_config(opt, labels, config["total_steps"], scales)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_shardings = follow_params(abstract_opt, abstract_params, shardings, self.mesh)
+        self.state_shardings = TrainState(step=replicated(self.mesh), params=shardings,
+                                          opt_state=opt_shardings)
+        abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                              opt_state=abstract_opt)
+        self.abstract_state = abstract_with_shardings(abstract, self.state_shardings)
+        self.init_state = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.step = jax.jit(self._step, donate_argnums=0,
+                            in_shardings=(self.state_shardings, batch_sharding(self.mesh)),
+                            out_shardings=(self.state_shardings, replicated(self.mesh)))
+
+    def _init(self, key: jax.Array) -> TrainState:
+        params = nn.unbox(self.task.init_params(key))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+    def _grads(self, params: Any, batch: Mapping[str, jax.Array], key: jax.Array,
+               step: jax.Array) -> tuple[jax.Array, dict, Any]:
+        grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
+        if self.accumulate == 1:
+            (loss, metrics), grads = grad_fn(params, batch, key, step)
+            return loss, metrics, grads
+        k = self.accumulate
+        # Example j goes to micro-batch j % k: the batch axis keeps its sharding.
+        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+        def body(carry: Any, inputs: Any) -> tuple[Any, None]:
+            mb, index = inputs
+            out = grad_fn(params, mb, jax.random.fold_in(key, index), step)
+            return jax.tree.map(jnp.add, carry, out), None
+
+        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key, step)
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        total, _ = jax.lax.scan(body, zero, (micro, jnp.arange(k)))
+        (loss, metrics), grads = jax.tree.map(lambda x: x / k, total)
+        return loss, metrics, grads
+
+    def _step(self, state: TrainState,
+              batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        step_key = jax.random.fold_in(jax.random.key(self.config["seed"]), state.step)
+        loss, metrics, grads = self._grads(state.params, batch, step_key, state.step)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                               opt_state=keep(opt_state, state.opt_state))
+        return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    def global_batch(self, raw: Mapping[str, np.ndarray], step: int) -> dict[str, jax.Array]:
+        """Host-side masks (one Generator per global example index), then global arrays."""
+        rngs = example_rngs(self.config["seed"], MASK_STREAM, step, self.first_example, self.local_batch)
+        return to_global(self.task.prepare(raw, rngs), self.mesh)
+
+
+def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
+    """The host-local raw-batch iterator the config names: 'random' arrays or the 'synthetic'
+    physics-paired grain pipeline (sharded by process, state saved with checkpoints)."""
+    source = config["data"]["source"]
+    if source == "random":
+        return RandomBatches(task, trainer.local_batch, config["seed"], trainer.first_example)
+    if source == "synthetic":
+        from seisfuse.data.pipeline import SyntheticSource, make_dataset
+
+        data = config["data"]
+        dataset = make_dataset(SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0)),
+                               task=task.data_task, batch_size=trainer.local_batch, seed=config["seed"],
+                               num_workers=data.get("num_workers", 0))
+        return iter(dataset)
+    raise ValueError(f"unknown data source {source!r}: 'random' or 'synthetic'")
+
+
+def train(task: Task, config: Mapping[str, Any], workdir: str | Path, *, resume: bool = False,
+          data: Any = None) -> TrainState:
+    """Run (or resume) training to `config.total_steps`; returns the final state.
+
+    `data` is an iterator of host-local raw batches with get_state()/set_state(); by default the
+    one `config.data` names. SIGTERM saves a checkpoint at the next step boundary and returns.
+    """
+    stop = {"requested": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        return _run(task, config, epath.Path(workdir), resume, data, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: bool, data: Any,
+         stop: dict[str, bool]) -> TrainState:
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(task, config)
+    data = data if data is not None else make_data(task, config, trainer)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config["keep_checkpoints"])
+    latest = checkpointer.latest_step() if resume else None
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, trainer.abstract_state)
+        data.set_state(data_state)
+    else:
+        if checkpointer.latest_step() is not None:
+            raise FileExistsError(f"{workdir} already holds checkpoints: pass resume=True (--resume) "
+                                  "or use a new workdir")
+        state = trainer.init_state(jax.random.key(config["seed"]))
+
+    total = int(config["total_steps"])
+    logger = MetricLogger(workdir, total_steps=total, global_batch=config["batch_size"],
+                          flops_per_step=task.flops_per_example() * config["batch_size"],
+                          dtype=config["model"].get("dtype", "float32"), wandb_config=config["wandb"],
+                          tensorboard=config["tensorboard"], run_config=config)
+    step = int(jax.device_get(state.step))
+    pending: tuple[int, dict] | None = None
+    skipped = 0
+    try:
+        logger.start(step)
+        while step < total and not stop["requested"]:
+            batch = trainer.global_batch(next(data), step)
+            state, metrics = trainer.step(state, batch)
+            skipped += _check_finite(pending, config["on_nonfinite"])
+            pending = (step, metrics)
+            step += 1
+            if step % config["log_every"] == 0 or step == total:
+                logger.log(step, {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"})
+            if step % config["checkpoint_every"] == 0 or step == total or stop["requested"]:
+                skipped += _check_finite(pending, config["on_nonfinite"])
+                pending = None
+                checkpointer.save(step, state, data.get_state())
+        skipped += _check_finite(pending, config["on_nonfinite"])
+    finally:
+        checkpointer.close()
+        logger.close()
+    if skipped:
+        print(f"skipped {skipped} updates with non-finite loss or gradients", flush=True)
+    return state
+
+
+def _check_finite(pending: tuple[int, dict] | None, policy: str) -> int:
+    """1 if the pending step's update was skipped as non-finite (raises under policy 'stop')."""
+    if pending is None or bool(jax.device_get(pending[1]["finite"])):
+        return 0
+    if policy == "stop":
+        raise NonFiniteError(f"loss or gradients are NaN/Inf at step {pending[0]} (loss = "
+                             f"{float(jax.device_get(pending[1]['loss']))}); the update was not applied. "
+                             "Set on_nonfinite='skip' to skip such updates instead.")
+    return 1
