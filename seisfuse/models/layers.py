@@ -126,6 +126,17 @@ def _per_example_bwd(scale: float, residuals: tuple[jax.Array, ...],
 per_example_attention.defvjp(_per_example_fwd, _per_example_bwd)
 
 
+ATTENTION_IMPLS = ("auto", "per_example", "fused")
+
+
+def use_per_example_attention(impl: str) -> bool:
+    """'auto' picks `per_example_attention` on CPU (faster on XLA:CPU) and the fused
+    `jax.nn.dot_product_attention` on accelerators."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    return jax.default_backend() == "cpu" if impl == "auto" else impl == "per_example"
+
+
 class MultiHeadAttention(nn.Module):
     """Softmax attention: `query`/`key`/`value` kernels [D, heads, head_dim], `out` [heads, head_dim, D].
 
@@ -195,10 +206,12 @@ class PreNormBlock(nn.Module):
     eps: float
     qkv_init: Initializer = nn.initializers.xavier_uniform()
     dtype: Dtype = jnp.float32
+    per_example: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + MultiHeadAttention(self.num_heads, qkv_init=self.qkv_init, dtype=self.dtype,
+                                   per_example=self.per_example,
                                    name="attn")(layer_norm(self.eps, self.dtype, "norm1")(x))
         return x + Mlp(self.mlp_hidden, dtype=self.dtype,
                        name="mlp")(layer_norm(self.eps, self.dtype, "norm2")(x))

@@ -28,6 +28,7 @@ from seisfuse.models.layers import (
     logical,
     sincos_pos_embed_2d,
     uniform_init,
+    use_per_example_attention,
 )
 
 
@@ -50,8 +51,10 @@ class MAEConfig:
     layer_norm_eps: float = 1e-6
     learned_pos_embed: bool = False
     dtype: str = "float32"
+    attention_impl: str = "auto"  # "per_example" (fast on CPU), "fused" (accelerators) or "auto"
 
     def __post_init__(self) -> None:
+        use_per_example_attention(self.attention_impl)  # validates the name
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, what in [(self.embed_dim, self.num_heads, "encoder"),
@@ -175,13 +178,15 @@ class MaskedAutoencoder(nn.Module):
         c = self.cfg
         dtype = jnp.dtype(c.dtype)
         d, grid = c.embed_dim, c.grid_size
+        per_example = use_per_example_attention(c.attention_impl)
         self.patch_embed = PatchEmbed(c)
         self.cls_token = self.param("cls_token", logical(nn.initializers.normal(0.02),
                                                          (None, None, "embed")), (1, 1, d))
         self.pos_embed = self._pos_param("pos_embed", d, grid)
         self.blocks = [
             PreNormBlock(c.num_heads, int(d * c.mlp_ratio), c.layer_norm_eps,
-                         qkv_init=uniform_init(xavier_bound(d, 3 * d)), dtype=dtype)
+                         qkv_init=uniform_init(xavier_bound(d, 3 * d)), dtype=dtype,
+                         per_example=per_example)
             for _ in range(c.depth)
         ]
         self.norm = layer_norm(c.layer_norm_eps, dtype, "norm")
@@ -197,7 +202,8 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pos_embed = self._pos_param("decoder_pos_embed", dd, grid)
         self.decoder_blocks = [
             PreNormBlock(c.decoder_num_heads, int(dd * c.mlp_ratio), c.layer_norm_eps,
-                         qkv_init=uniform_init(xavier_bound(dd, 3 * dd)), dtype=dtype)
+                         qkv_init=uniform_init(xavier_bound(dd, 3 * dd)), dtype=dtype,
+                         per_example=per_example)
             for _ in range(c.decoder_depth)
         ]
         self.decoder_norm = layer_norm(c.layer_norm_eps, dtype, "decoder_norm")

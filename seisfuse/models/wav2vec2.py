@@ -32,6 +32,7 @@ from seisfuse.models.layers import (
     layer_norm,
     logical,
     uniform_init,
+    use_per_example_attention,
 )
 
 
@@ -79,9 +80,7 @@ class Wav2Vec2Config:
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride) > 0:
             raise ValueError("conv_dim, conv_kernel and conv_stride must be non-empty and of equal length, "
                              f"got {self.conv_dim}, {self.conv_kernel}, {self.conv_stride}")
-        if self.attention_impl not in ("auto", "per_example", "fused"):
-            raise ValueError("attention_impl must be 'auto', 'per_example' or 'fused', "
-                             f"got {self.attention_impl!r}")
+        use_per_example_attention(self.attention_impl)  # validates the name
         if self.feat_extract_norm not in ("layer", "group"):
             raise ValueError(f"feat_extract_norm must be 'layer' or 'group', got {self.feat_extract_norm!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -96,9 +95,7 @@ class Wav2Vec2Config:
 
     @property
     def per_example_attention(self) -> bool:
-        if self.attention_impl == "auto":
-            return jax.default_backend() == "cpu"
-        return self.attention_impl == "per_example"
+        return use_per_example_attention(self.attention_impl)
 
     @property
     def num_codevectors(self) -> int:

@@ -88,11 +88,11 @@ def adamw(schedule: optax.Schedule | float, labels: Any, *, weight_decay: float,
 
 
 def mae_adamw(learning_rate: float | optax.Schedule, params: Any, *, weight_decay: float = 0.05,
-              b1: float = 0.9, b2: float = 0.95,
+              b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
               learned_pos_embed: bool = False) -> optax.GradientTransformation:
     """SFM's pretraining AdamW (betas .9/.95, wd .05 on matrices only, fixed tables untouched)."""
     return adamw(learning_rate, mae_param_labels(params, learned_pos_embed),
-                 weight_decay=weight_decay, b1=b1, b2=b2)
+                 weight_decay=weight_decay, b1=b1, b2=b2, eps=eps)
 
 
 def optimizer_from_config(opt: Mapping[str, Any], labels: Any, total_steps: int,
