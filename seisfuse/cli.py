@@ -92,11 +92,11 @@ def _modality(embedder, requested: str, inputs: Sequence[str]) -> str:
     """The model modality to embed with: as requested, or the one whose tower reads this kind of file."""
     from pathlib import Path
 
-    from seisfuse.eval.embed import guess_input_key, list_inputs
+    from seisfuse.eval.embed import IMAGE_SUFFIXES, WAVEFORM_SUFFIXES, guess_input_key, list_inputs
 
     if requested != "auto":
         return requested
-    first = list_inputs(inputs[:1], (".npy", ".dat", ".mseed", ".miniseed", ".sac"))[0]
+    first = list_inputs(inputs[:1], IMAGE_SUFFIXES + WAVEFORM_SUFFIXES)[0]
     key = guess_input_key(Path(first))
     matches = [m for m in embedder.modalities if embedder.input_key(m) == key]
     if len(matches) != 1:

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax.traverse_util import flatten_dict
 
+from seisfuse.eval.embed import load_run_config
 from seisfuse.train.config import load_config
 from seisfuse.train.loop import NonFiniteError, RandomBatches, train
 from seisfuse.train.optim import cosine_anneal, mae_layer_scales
@@ -197,6 +198,8 @@ def test_existing_checkpoints_need_resume(tmp_path):
     config = _tiny_config(total_steps=2, checkpoint_every=2)
     task = make_task(config)
     train(task, config, tmp_path)
+    saved = load_run_config(tmp_path)
+    assert saved.total_steps == 2 and saved.model.preset == "tiny", "the run's config is kept beside it"
     with pytest.raises(FileExistsError, match="resume"):
         train(task, config, tmp_path)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+from etils import epath
 
 
 def loop_defaults() -> ml_collections.ConfigDict:
@@ -28,6 +29,19 @@ def loop_defaults() -> ml_collections.ConfigDict:
     c.wandb = ml_collections.ConfigDict({"mode": "offline", "project": "seisfuse"})
     c.tensorboard = True
     return c
+
+
+RUN_CONFIG_FILE = "config.json"
+
+
+def save_run_config(run_dir: str | Path | epath.Path, config: ml_collections.ConfigDict) -> epath.Path:
+    """Write the experiment config beside the checkpoints (atomically), so a run can be rebuilt
+    later (`seisfuse embed/retrieve`, evaluation) without the original config file."""
+    path = epath.Path(run_dir) / RUN_CONFIG_FILE
+    tmp = path.parent / f".{RUN_CONFIG_FILE}.tmp"
+    tmp.write_text(config.to_json(indent=2))
+    tmp.replace(path)
+    return path
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -33,6 +33,7 @@ from seisfuse.parallel import (
     to_global,
 )
 from seisfuse.train.checkpoint import Checkpointer, abstract_with_shardings
+from seisfuse.train.config import save_run_config
 from seisfuse.train.logging import MetricLogger
 from seisfuse.train.optim import optimizer_from_config
 from seisfuse.train.tasks import Task
@@ -194,6 +195,8 @@ def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: boo
          stop: dict[str, bool]) -> TrainState:
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(task, config)
+    if jax.process_index() == 0:
+        save_run_config(workdir, config)
     data = data if data is not None else make_data(task, config, trainer)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config["keep_checkpoints"])
     latest = checkpointer.latest_step() if resume else None

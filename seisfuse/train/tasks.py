@@ -221,7 +221,7 @@ def make_task(config: Mapping[str, Any]) -> Task:
         return Wav2Vec2Pretraining(Wav2Vec2Config.preset(preset, **model),
                                    num_samples=config.get("num_samples", 3001),
                                    total_steps=config["total_steps"])
-    raise ValueError(f"unknown task {config['task']!r}; choose 'mae' or 'seislm'")
+    raise ValueError(f"unknown task {config['task']!r}; choose 'mae', 'seislm' or 'align'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,14 +314,9 @@ class AlignTask:
         return {k: np.asarray(raw[k], np.float32) for k in keys}
 
     def random_example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        shapes = {"image": None, "waveform": (self.num_samples, 3)}
-        out = {}
-        for t in self.cfg.towers:
-            if t.input_key == "image":
-                b = t.backbone
-                shapes["image"] = (b.img_size, b.img_size, b.in_chans)
-            out[t.input_key] = rng.standard_normal(shapes[t.input_key], np.float32)
-        return out
+        shapes = {t.input_key: TOWER_KINDS[t.kind].input_shape(t.backbone, self.num_samples)
+                  for t in self.cfg.towers}
+        return {key: rng.standard_normal(shape, np.float32) for key, shape in shapes.items()}
 
     def flops_per_example(self) -> float:
         """Forward FLOPs of each tower and head, x3 where trained, x1 for frozen towers (no backward);
@@ -330,16 +325,18 @@ class AlignTask:
         trainable = dict(self.trainable)
         total = 0.0
         for t in self.cfg.towers:
-            depth = TOWER_KINDS[t.kind].depth(t.backbone)
+            kind = TOWER_KINDS[t.kind]
+            depth, width = kind.depth(t.backbone), kind.width(t.backbone)
             k = parse_trainable(trainable.get(t.modality, "all"), depth)
-            width = t.backbone.embed_dim if isinstance(t.backbone, MAEConfig) else t.backbone.hidden_size
             head = 2 * width * self.cfg.embed_dim + (2 * width * width if self.cfg.head == "mlp" else 0)
             total += (1 + 2 * k / depth) * _tower_flops(t.backbone, self.num_samples) + 3 * head
         return total
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AlignTask:
-        """Build from an experiment config (configs/align.py): model.towers, model.<modality>, loss."""
+        """Build from an experiment config (configs/align.py): loss, pairs, mesh and the model section
+        (modalities, embed_dim, head, dtype, and per modality kind, preset or weights, pooling,
+        trainable, overrides)."""
         model = config["model"]
         scale, bias = ((SIGLIP_LOGIT_SCALE_INIT, SIGLIP_BIAS_INIT) if config["loss"] == "siglip"
                        else (CLIP_LOGIT_SCALE_INIT, None))

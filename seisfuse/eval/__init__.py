@@ -1,0 +1,1 @@
+"""Evaluation of joint embeddings: retrieval metrics and figures."""
