@@ -124,7 +124,7 @@ def fine_tuned_checkpoint(reference) -> dict:
 def test_fine_tuned_checkpoint_loads_the_trunk_and_reports_the_head(reference, tmp_path):
     path = tmp_path / "phasepick.ckpt"
     torch.save(fine_tuned_checkpoint(reference), path)
-    with pytest.warns(UserWarning, match=r"5 head keys .*classifier\.bias"):
+    with pytest.warns(UserWarning, match=r"5 keys .*classifier\.bias"):
         cfg, params = load_seislm(path)
     assert set(params) == {"wav2vec2"} and "masked_spec_embed" not in params["wav2vec2"]
     x = np.random.default_rng(0).standard_normal((1, 3001, 3)).astype(np.float32)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from seisfuse.convert.torch_format import CheckpointError
@@ -45,6 +47,37 @@ def float32(array: np.ndarray) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
         raise CheckpointError(f"expected a floating-point weight, got dtype {array.dtype}")
     return array.astype(np.float32)
+
+
+def linear(state: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
+    """torch Linear weight [out, in] / bias -> Flax Dense kernel [in, out] / bias."""
+    return {"kernel": float32(state[f"{key}.weight"]).T, "bias": float32(state[f"{key}.bias"])}
+
+
+def norm(state: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
+    """torch LayerNorm weight / bias -> Flax scale / bias."""
+    return {"scale": float32(state[f"{key}.weight"]), "bias": float32(state[f"{key}.bias"])}
+
+
+def linear_back(p: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
+    return {f"{key}.weight": np.asarray(p["kernel"]).T, f"{key}.bias": np.asarray(p["bias"])}
+
+
+def norm_back(p: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
+    return {f"{key}.weight": np.asarray(p["scale"]), f"{key}.bias": np.asarray(p["bias"])}
+
+
+def to_jax(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict of numpy arrays -> the same of jax arrays."""
+    return {k: to_jax(v) if isinstance(v, Mapping) else jnp.asarray(v) for k, v in params.items()}
+
+
+def report_unused(loader: str, path: Any, unused: list[str], what: str) -> None:
+    """Warn about checkpoint keys a converter did not use (fine-tuning heads and the like)."""
+    if unused:
+        shown = ", ".join(unused[:12]) + (" ..." if len(unused) > 12 else "")
+        warnings.warn(f"{loader}: {len(unused)} keys in {path} are not part of {what} and were "
+                      f"ignored: {shown}", stacklevel=3)
 
 
 def find_state_dict(checkpoint: Any, containers: tuple[str, ...]) -> dict[str, np.ndarray]:

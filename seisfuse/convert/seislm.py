@@ -12,15 +12,23 @@ norm = post-LN). Fine-tuned phase-picker/classifier files load their trunk and r
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from seisfuse.convert.common import check_state_dict, find_state_dict, float32
+from seisfuse.convert.common import (
+    check_state_dict,
+    find_state_dict,
+    float32,
+    linear,
+    linear_back,
+    norm,
+    norm_back,
+    report_unused,
+    to_jax,
+)
 from seisfuse.convert.torch_format import (
     CheckpointError,
     Placeholder,
@@ -208,8 +216,8 @@ def expected_shapes(cfg: Wav2Vec2Config, *, pretraining: bool = True,
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes[f"{key}.attention.{proj}.weight"] = (h, h)
             shapes[f"{key}.attention.{proj}.bias"] = (h,)
-        for norm in ("layer_norm", "final_layer_norm"):
-            shapes[f"{key}.{norm}.weight"] = shapes[f"{key}.{norm}.bias"] = (h,)
+        for ln in ("layer_norm", "final_layer_norm"):
+            shapes[f"{key}.{ln}.weight"] = shapes[f"{key}.{ln}.bias"] = (h,)
         shapes.update({f"{key}.feed_forward.intermediate_dense.weight": (f, h),
                        f"{key}.feed_forward.intermediate_dense.bias": (f,),
                        f"{key}.feed_forward.output_dense.weight": (h, f),
@@ -228,12 +236,6 @@ def expected_shapes(cfg: Wav2Vec2Config, *, pretraining: bool = True,
 # ----------------------------------------------------------------- torch -> flax
 
 
-def _linear(state: Mapping[str, Any], key: str) -> Params:
-    return {"kernel": float32(state[f"{key}.weight"]).T, "bias": float32(state[f"{key}.bias"])}
-
-
-def _norm(state: Mapping[str, Any], key: str) -> Params:
-    return {"scale": float32(state[f"{key}.weight"]), "bias": float32(state[f"{key}.bias"])}
 
 
 def _conv(state: Mapping[str, Any], key: str) -> Params:
@@ -275,18 +277,18 @@ def state_dict_to_params(state: Mapping[str, Any], cfg: Wav2Vec2Config) -> tuple
     trunk: Params = {
         "feature_extractor": {
             f"conv_layers_{i}": {"conv": _conv(state, f"{fe}.{i}.conv"),
-                                 **({"layer_norm": _norm(state, f"{fe}.{i}.layer_norm")}
+                                 **({"layer_norm": norm(state, f"{fe}.{i}.layer_norm")}
                                     if f"{fe}.{i}.layer_norm.weight" in state else {})}
             for i in range(len(cfg.conv_dim))},
-        "feature_projection": {"layer_norm": _norm(state, "wav2vec2.feature_projection.layer_norm"),
-                               "projection": _linear(state, "wav2vec2.feature_projection.projection")},
+        "feature_projection": {"layer_norm": norm(state, "wav2vec2.feature_projection.layer_norm"),
+                               "projection": linear(state, "wav2vec2.feature_projection.projection")},
         "encoder": {
             "pos_conv_embed": {"conv": {
                 "weight_g": float32(state[f"{POS_CONV}.parametrizations.weight.original0"]).reshape(-1),
                 "weight_v":
                     float32(state[f"{POS_CONV}.parametrizations.weight.original1"]).transpose(2, 1, 0),
                 "bias": float32(state[f"{POS_CONV}.bias"])}},
-            "layer_norm": _norm(state, "wav2vec2.encoder.layer_norm"),
+            "layer_norm": norm(state, "wav2vec2.encoder.layer_norm"),
         },
     }
     if "wav2vec2.masked_spec_embed" in state:
@@ -295,18 +297,18 @@ def state_dict_to_params(state: Mapping[str, Any], cfg: Wav2Vec2Config) -> tuple
         key = f"wav2vec2.encoder.layers.{i}"
         trunk["encoder"][f"layers_{i}"] = {
             "attention": _attention(state, f"{key}.attention", cfg.num_attention_heads),
-            "layer_norm": _norm(state, f"{key}.layer_norm"),
-            "feed_forward": {"intermediate_dense": _linear(state, f"{key}.feed_forward.intermediate_dense"),
-                             "output_dense": _linear(state, f"{key}.feed_forward.output_dense")},
-            "final_layer_norm": _norm(state, f"{key}.final_layer_norm"),
+            "layer_norm": norm(state, f"{key}.layer_norm"),
+            "feed_forward": {"intermediate_dense": linear(state, f"{key}.feed_forward.intermediate_dense"),
+                             "output_dense": linear(state, f"{key}.feed_forward.output_dense")},
+            "final_layer_norm": norm(state, f"{key}.final_layer_norm"),
         }
     params: Params = {"wav2vec2": trunk}
     if pretraining:
         params.update({
             "quantizer": {"codevectors": float32(state["quantizer.codevectors"]),
-                          "weight_proj": _linear(state, "quantizer.weight_proj")},
-            "project_hid": _linear(state, "project_hid"),
-            "project_q": _linear(state, "project_q"),
+                          "weight_proj": linear(state, "quantizer.weight_proj")},
+            "project_hid": linear(state, "project_hid"),
+            "project_q": linear(state, "project_q"),
         })
     return params, unused
 
@@ -323,26 +325,14 @@ def load_seislm(path: str | Path, **overrides: Any) -> tuple[Wav2Vec2Config, Par
     state = seislm_state_dict(checkpoint)
     cfg = infer_config(state, config_hints(checkpoint), **overrides)
     params, unused = state_dict_to_params(state, cfg)
-    if unused:
-        shown = ", ".join(unused[:12]) + (" ..." if len(unused) > 12 else "")
-        warnings.warn(f"load_seislm: {len(unused)} head keys in {path} are not part of the wav2vec2 "
-                      f"model and were not converted: {shown}", stacklevel=2)
-    return cfg, _to_jax(params)
+    report_unused("load_seislm", path, unused, "the wav2vec2 model")
+    return cfg, to_jax(params)
 
-
-def _to_jax(params: Params) -> Params:
-    return {k: _to_jax(v) if isinstance(v, dict) else jnp.asarray(v) for k, v in params.items()}
 
 
 # ----------------------------------------------------------------- flax -> torch
 
 
-def _linear_back(p: Params, key: str) -> dict[str, np.ndarray]:
-    return {f"{key}.weight": np.asarray(p["kernel"]).T, f"{key}.bias": np.asarray(p["bias"])}
-
-
-def _norm_back(p: Params, key: str) -> dict[str, np.ndarray]:
-    return {f"{key}.weight": np.asarray(p["scale"]), f"{key}.bias": np.asarray(p["bias"])}
 
 
 def params_to_state_dict(params: Params, cfg: Wav2Vec2Config) -> dict[str, np.ndarray]:
@@ -358,16 +348,16 @@ def params_to_state_dict(params: Params, cfg: Wav2Vec2Config) -> dict[str, np.nd
         if "bias" in layer["conv"]:
             sd[f"{key}.conv.bias"] = np.asarray(layer["conv"]["bias"])
         if "layer_norm" in layer:
-            sd.update(_norm_back(layer["layer_norm"], f"{key}.layer_norm"))
+            sd.update(norm_back(layer["layer_norm"], f"{key}.layer_norm"))
     projection = trunk["feature_projection"]
-    sd.update(_norm_back(projection["layer_norm"], "wav2vec2.feature_projection.layer_norm"))
-    sd.update(_linear_back(projection["projection"], "wav2vec2.feature_projection.projection"))
+    sd.update(norm_back(projection["layer_norm"], "wav2vec2.feature_projection.layer_norm"))
+    sd.update(linear_back(projection["projection"], "wav2vec2.feature_projection.projection"))
     encoder = trunk["encoder"]
     conv = encoder["pos_conv_embed"]["conv"]
     sd[f"{POS_CONV}.bias"] = np.asarray(conv["bias"])
     sd[f"{POS_CONV}.parametrizations.weight.original0"] = np.asarray(conv["weight_g"]).reshape(1, 1, -1)
     sd[f"{POS_CONV}.parametrizations.weight.original1"] = np.asarray(conv["weight_v"]).transpose(2, 1, 0)
-    sd.update(_norm_back(encoder["layer_norm"], "wav2vec2.encoder.layer_norm"))
+    sd.update(norm_back(encoder["layer_norm"], "wav2vec2.encoder.layer_norm"))
     h = cfg.hidden_size
     for i in range(cfg.num_hidden_layers):
         layer, key = encoder[f"layers_{i}"], f"wav2vec2.encoder.layers.{i}"
@@ -377,16 +367,16 @@ def params_to_state_dict(params: Params, cfg: Wav2Vec2Config) -> dict[str, np.nd
             sd[f"{key}.attention.{proj}.bias"] = np.asarray(attention[name]["bias"]).reshape(h)
         sd[f"{key}.attention.out_proj.weight"] = np.asarray(attention["out"]["kernel"]).reshape(h, h).T
         sd[f"{key}.attention.out_proj.bias"] = np.asarray(attention["out"]["bias"])
-        sd.update(_norm_back(layer["layer_norm"], f"{key}.layer_norm"))
+        sd.update(norm_back(layer["layer_norm"], f"{key}.layer_norm"))
         for dense in ("intermediate_dense", "output_dense"):
-            sd.update(_linear_back(layer["feed_forward"][dense], f"{key}.feed_forward.{dense}"))
-        sd.update(_norm_back(layer["final_layer_norm"], f"{key}.final_layer_norm"))
+            sd.update(linear_back(layer["feed_forward"][dense], f"{key}.feed_forward.{dense}"))
+        sd.update(norm_back(layer["final_layer_norm"], f"{key}.final_layer_norm"))
     pretraining = "quantizer" in params
     if pretraining:
         sd["quantizer.codevectors"] = np.asarray(params["quantizer"]["codevectors"])
-        sd.update(_linear_back(params["quantizer"]["weight_proj"], "quantizer.weight_proj"))
-        sd.update(_linear_back(params["project_hid"], "project_hid"))
-        sd.update(_linear_back(params["project_q"], "project_q"))
+        sd.update(linear_back(params["quantizer"]["weight_proj"], "quantizer.weight_proj"))
+        sd.update(linear_back(params["project_hid"], "project_hid"))
+        sd.update(linear_back(params["project_q"], "project_q"))
     expected = expected_shapes(cfg, pretraining=pretraining,
                                masked_spec_embed="wav2vec2.masked_spec_embed" in sd)
     check_state_dict(sd, expected, "SeisLM export")

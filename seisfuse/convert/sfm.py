@@ -10,14 +10,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from seisfuse.convert.common import check_state_dict, find_state_dict, float32
+from seisfuse.convert.common import (
+    check_state_dict,
+    find_state_dict,
+    float32,
+    linear,
+    linear_back,
+    norm,
+    norm_back,
+    report_unused,
+    to_jax,
+)
 from seisfuse.convert.torch_format import CheckpointError, read_torch_checkpoint, write_torch_checkpoint
 from seisfuse.models.layers import sincos_pos_embed_2d
 from seisfuse.models.mae import MAE_PRESETS, MAEConfig
@@ -105,12 +113,6 @@ def expected_shapes(cfg: MAEConfig) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------- torch -> flax
 
 
-def _linear(state: dict[str, Any], key: str) -> Params:
-    return {"kernel": float32(state[f"{key}.weight"]).T, "bias": float32(state[f"{key}.bias"])}
-
-
-def _norm(state: dict[str, Any], key: str) -> Params:
-    return {"scale": float32(state[f"{key}.weight"]), "bias": float32(state[f"{key}.bias"])}
 
 
 def _block(state: dict[str, Any], key: str, heads: int) -> Params:
@@ -121,10 +123,10 @@ def _block(state: dict[str, Any], key: str, heads: int) -> Params:
         for name, w, b in zip(("query", "key", "value"), np.split(qkv_w, 3), np.split(qkv_b, 3),
                               strict=True)
     }
-    proj = _linear(state, f"{key}.attn.proj")
+    proj = linear(state, f"{key}.attn.proj")
     attn["out"] = {"kernel": proj["kernel"].reshape(heads, width // heads, width), "bias": proj["bias"]}
-    return {"norm1": _norm(state, f"{key}.norm1"), "attn": attn, "norm2": _norm(state, f"{key}.norm2"),
-            "mlp": {"fc1": _linear(state, f"{key}.mlp.fc1"), "fc2": _linear(state, f"{key}.mlp.fc2")}}
+    return {"norm1": norm(state, f"{key}.norm1"), "attn": attn, "norm2": norm(state, f"{key}.norm2"),
+            "mlp": {"fc1": linear(state, f"{key}.mlp.fc1"), "fc2": linear(state, f"{key}.mlp.fc2")}}
 
 
 def state_dict_to_params(state: dict[str, Any], cfg: MAEConfig) -> tuple[Params, list[str]]:
@@ -135,16 +137,16 @@ def state_dict_to_params(state: dict[str, Any], cfg: MAEConfig) -> tuple[Params,
         "pos_embed": float32(state["pos_embed"]),
         "patch_embed": {"kernel": float32(state["patch_embed.proj.weight"]).transpose(2, 3, 1, 0),
                         "bias": float32(state["patch_embed.proj.bias"])},
-        "norm": _norm(state, "norm"),
+        "norm": norm(state, "norm"),
     }
     for i in range(cfg.depth):
         params[f"blocks_{i}"] = _block(state, f"blocks.{i}", cfg.num_heads)
     if cfg.decoder:
-        params.update({"decoder_embed": _linear(state, "decoder_embed"),
+        params.update({"decoder_embed": linear(state, "decoder_embed"),
                        "mask_token": float32(state["mask_token"]),
                        "decoder_pos_embed": float32(state["decoder_pos_embed"]),
-                       "decoder_norm": _norm(state, "decoder_norm"),
-                       "decoder_pred": _linear(state, "decoder_pred")})
+                       "decoder_norm": norm(state, "decoder_norm"),
+                       "decoder_pred": linear(state, "decoder_pred")})
         for j in range(cfg.decoder_depth):
             params[f"decoder_blocks_{j}"] = _block(state, f"decoder_blocks.{j}", cfg.decoder_num_heads)
     return params, unused
@@ -160,26 +162,14 @@ def load_sfm(path: str | Path, *, num_heads: int | None = None,
     state = find_state_dict(read_torch_checkpoint(path), ("model", "state_dict"))
     cfg = infer_config(state, num_heads, decoder_num_heads)
     params, unused = state_dict_to_params(state, cfg)
-    if unused:
-        shown = ", ".join(unused[:12]) + (" ..." if len(unused) > 12 else "")
-        warnings.warn(f"load_sfm: {len(unused)} keys in {path} are not part of the MAE and were "
-                      f"ignored: {shown}", stacklevel=2)
-    return cfg, _to_jax(params)
+    report_unused("load_sfm", path, unused, "the MAE")
+    return cfg, to_jax(params)
 
-
-def _to_jax(params: Params) -> Params:
-    return {k: _to_jax(v) if isinstance(v, dict) else jnp.asarray(v) for k, v in params.items()}
 
 
 # ----------------------------------------------------------------- flax -> torch
 
 
-def _linear_back(p: Params, key: str) -> dict[str, np.ndarray]:
-    return {f"{key}.weight": np.asarray(p["kernel"]).T, f"{key}.bias": np.asarray(p["bias"])}
-
-
-def _norm_back(p: Params, key: str) -> dict[str, np.ndarray]:
-    return {f"{key}.weight": np.asarray(p["scale"]), f"{key}.bias": np.asarray(p["bias"])}
 
 
 def _block_back(p: Params, key: str) -> dict[str, np.ndarray]:
@@ -189,11 +179,11 @@ def _block_back(p: Params, key: str) -> dict[str, np.ndarray]:
                             for n in ("query", "key", "value")])
     qkv_b = np.concatenate([np.asarray(attn[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
     out = {"kernel": np.asarray(attn["out"]["kernel"]).reshape(width, width), "bias": attn["out"]["bias"]}
-    return {**_norm_back(p["norm1"], f"{key}.norm1"),
+    return {**norm_back(p["norm1"], f"{key}.norm1"),
             f"{key}.attn.qkv.weight": qkv_w, f"{key}.attn.qkv.bias": qkv_b,
-            **_linear_back(out, f"{key}.attn.proj"), **_norm_back(p["norm2"], f"{key}.norm2"),
-            **_linear_back(p["mlp"]["fc1"], f"{key}.mlp.fc1"),
-            **_linear_back(p["mlp"]["fc2"], f"{key}.mlp.fc2")}
+            **linear_back(out, f"{key}.attn.proj"), **norm_back(p["norm2"], f"{key}.norm2"),
+            **linear_back(p["mlp"]["fc1"], f"{key}.mlp.fc1"),
+            **linear_back(p["mlp"]["fc2"], f"{key}.mlp.fc2")}
 
 
 def params_to_state_dict(params: Params, cfg: MAEConfig) -> dict[str, np.ndarray]:
@@ -205,15 +195,15 @@ def params_to_state_dict(params: Params, cfg: MAEConfig) -> dict[str, np.ndarray
     }
     for i in range(cfg.depth):
         sd.update(_block_back(params[f"blocks_{i}"], f"blocks.{i}"))
-    sd.update(_norm_back(params["norm"], "norm"))
+    sd.update(norm_back(params["norm"], "norm"))
     if cfg.decoder:
-        sd.update(_linear_back(params["decoder_embed"], "decoder_embed"))
+        sd.update(linear_back(params["decoder_embed"], "decoder_embed"))
         sd["mask_token"] = np.asarray(params["mask_token"])
         sd["decoder_pos_embed"] = np.asarray(params["decoder_pos_embed"])
         for j in range(cfg.decoder_depth):
             sd.update(_block_back(params[f"decoder_blocks_{j}"], f"decoder_blocks.{j}"))
-        sd.update(_norm_back(params["decoder_norm"], "decoder_norm"))
-        sd.update(_linear_back(params["decoder_pred"], "decoder_pred"))
+        sd.update(norm_back(params["decoder_norm"], "decoder_norm"))
+        sd.update(linear_back(params["decoder_pred"], "decoder_pred"))
     check_state_dict(sd, expected_shapes(cfg), "SFM export")
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
 

@@ -30,10 +30,11 @@ from seisfuse.models.layers import (
     uniform_init,
     use_per_example_attention,
 )
+from seisfuse.models.presets import PresetConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(PresetConfig):
     """Shape and behaviour of an SFM masked autoencoder (presets: tiny, base, large, *-dec512)."""
 
     img_size: int = 224
@@ -75,23 +76,6 @@ class MAEConfig:
         """Values per patch in the reconstruction target: patch_size² · in_chans."""
         return self.patch_size**2 * self.in_chans
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> MAEConfig:
-        if name not in MAE_PRESETS:
-            raise ValueError(f"unknown MAE preset {name!r}; choose from {sorted(MAE_PRESETS)}")
-        return dataclasses.replace(MAE_PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown MAEConfig fields: {sorted(unknown)}")
-        return cls(**values)
-
 
 MAE_PRESETS: dict[str, MAEConfig] = {
     "tiny": MAEConfig(embed_dim=64, depth=2, num_heads=4,
@@ -103,6 +87,7 @@ MAE_PRESETS: dict[str, MAEConfig] = {
     "large-dec512": MAEConfig(embed_dim=1024, depth=24, num_heads=16,
                               decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
 }
+MAEConfig.PRESETS, MAEConfig.KIND = MAE_PRESETS, "MAE"
 
 
 def xavier_bound(fan_in: int, fan_out: int) -> float:

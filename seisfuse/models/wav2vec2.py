@@ -34,10 +34,11 @@ from seisfuse.models.layers import (
     uniform_init,
     use_per_example_attention,
 )
+from seisfuse.models.presets import PresetConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class Wav2Vec2Config:
+class Wav2Vec2Config(PresetConfig):
     """Shape and behaviour of a wav2vec 2.0 model (presets: tiny, seislm-base, seislm-large, hf-base)."""
 
     input_channels: int = 3
@@ -105,23 +106,6 @@ class Wav2Vec2Config:
         """Frames the conv feature encoder makes of `num_samples` samples (0 if too short)."""
         return int(frames_after_conv(np.asarray(num_samples), self.conv_kernel, self.conv_stride))
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> Wav2Vec2Config:
-        if name not in WAV2VEC2_PRESETS:
-            raise ValueError(f"unknown wav2vec2 preset {name!r}; choose from {sorted(WAV2VEC2_PRESETS)}")
-        return dataclasses.replace(WAV2VEC2_PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Wav2Vec2Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown Wav2Vec2Config fields: {sorted(unknown)}")
-        return cls(**values)
-
 
 WAV2VEC2_PRESETS: dict[str, Wav2Vec2Config] = {
     "tiny": Wav2Vec2Config(conv_dim=(32, 32), hidden_size=32, num_hidden_layers=2,
@@ -136,6 +120,7 @@ WAV2VEC2_PRESETS: dict[str, Wav2Vec2Config] = {
                               num_attention_heads=12, do_stable_layer_norm=False,
                               scale_quantizer_logits=False, mask_time_prob=0.05),
 }
+Wav2Vec2Config.PRESETS, Wav2Vec2Config.KIND = WAV2VEC2_PRESETS, "wav2vec2"
 
 
 def frames_after_conv(lengths: Any, kernels: tuple[int, ...], strides: tuple[int, ...]) -> Any:
