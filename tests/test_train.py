@@ -224,3 +224,16 @@ def test_layer_decay_and_gumbel_schedules():
     assert float(cosine_anneal(0, 100, 2.0, 0.5)) == pytest.approx(2.0)
     assert float(cosine_anneal(50, 100, 2.0, 0.5)) == pytest.approx(1.25)
     assert float(cosine_anneal(100, 100, 2.0, 0.5)) == pytest.approx(0.5)
+
+
+def test_importing_seisfuse_leaves_distributed_start_possible():
+    """Configs are built at import time; nothing may touch the XLA backend before a multi-host run
+    calls jax.distributed.initialize."""
+    code = ("import seisfuse.cli, seisfuse.demo, seisfuse.train.loop, seisfuse.train.tasks, "
+            "seisfuse.models.joint\n"
+            "from seisfuse.parallel import initialize_distributed\n"
+            f"initialize_distributed('127.0.0.1:{21000 + os.getpid() % 20000}', 1, 0)\n"
+            "import jax\nassert jax.process_count() == 1\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -129,11 +129,17 @@ per_example_attention.defvjp(_per_example_fwd, _per_example_bwd)
 ATTENTION_IMPLS = ("auto", "per_example", "fused")
 
 
-def use_per_example_attention(impl: str) -> bool:
-    """'auto' picks `per_example_attention` on CPU (faster on XLA:CPU) and the fused
-    `jax.nn.dot_product_attention` on accelerators."""
+def check_attention_impl(impl: str) -> None:
+    """Validate the name without touching the backend (configs are built at import time, before a
+    multi-host run may call jax.distributed.initialize)."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+def use_per_example_attention(impl: str) -> bool:
+    """'auto' picks `per_example_attention` on CPU (faster on XLA:CPU) and the fused
+    `jax.nn.dot_product_attention` on accelerators. Queries the backend: call at model build time."""
+    check_attention_impl(impl)
     return jax.default_backend() == "cpu" if impl == "auto" else impl == "per_example"
 
 

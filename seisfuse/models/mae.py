@@ -24,6 +24,7 @@ import numpy as np
 from seisfuse.models.layers import (
     PreNormBlock,
     bicubic_resize_matrix,
+    check_attention_impl,
     layer_norm,
     logical,
     sincos_pos_embed_2d,
@@ -55,7 +56,7 @@ class MAEConfig(PresetConfig):
     attention_impl: str = "auto"  # "per_example" (fast on CPU), "fused" (accelerators) or "auto"
 
     def __post_init__(self) -> None:
-        use_per_example_attention(self.attention_impl)  # validates the name
+        check_attention_impl(self.attention_impl)
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, what in [(self.embed_dim, self.num_heads, "encoder"),

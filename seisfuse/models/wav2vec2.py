@@ -28,6 +28,7 @@ from seisfuse.models.layers import (
     Dtype,
     Mlp,
     MultiHeadAttention,
+    check_attention_impl,
     gelu_exact,
     layer_norm,
     logical,
@@ -81,7 +82,7 @@ class Wav2Vec2Config(PresetConfig):
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride) > 0:
             raise ValueError("conv_dim, conv_kernel and conv_stride must be non-empty and of equal length, "
                              f"got {self.conv_dim}, {self.conv_kernel}, {self.conv_stride}")
-        use_per_example_attention(self.attention_impl)  # validates the name
+        check_attention_impl(self.attention_impl)
         if self.feat_extract_norm not in ("layer", "group"):
             raise ValueError(f"feat_extract_norm must be 'layer' or 'group', got {self.feat_extract_norm!r}")
         if self.hidden_size % self.num_attention_heads:
