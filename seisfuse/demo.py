@@ -53,7 +53,7 @@ def demo_config() -> ml_collections.ConfigDict:
                                                   "num_conv_pos_embeddings": 32}},
     }
     c.batch_size = 32
-    c.total_steps = 240
+    c.total_steps = 600
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 20, 1e-4
     c.data = {"source": "synthetic", "num_examples": TRAIN_PAIRS, "dataset_seed": TRAIN_SEED,
               "num_workers": 0}

@@ -13,36 +13,46 @@ Gardner's law ρ = 310·Vp^0.25; salt has Vp 4500, Vs 2550 m/s, ρ 2150 kg/m³. 
 texture (±3 % along the stratigraphic coordinate) follows the folds. Below the section lies a
 crustal half-space (Vp 5.8–6.4 km/s, Vp/Vs 1.70–1.78) that hosts the earthquake.
 
-Image (`render_image`). Acoustic impedance ρ·Vp → vertical-incidence reflectivity
-r = ΔZ / (2 Z̄) → (half the time) depth-to-time conversion with the two-way time 2∫dz/Vp of each
-trace → convolution with a zero-phase Ricker wavelet of 7–20 samples per period (the peak
-frequency in Hz is in the metadata) → band-limited noise, laterally correlated over 0.5–3
-traces, at signal-to-noise ratio 2–12. Labels, all on the image grid: `facies` (unit id, 10 =
-salt), `salt` mask, `reflectivity`, `clean` image, and the SFM interpolation `trace_mask`
-(10 of the 14 16-trace blocks kept, 1 = kept).
+Attenuation. Each section draws one quality-factor scale q (log-uniform 8–160): Qs = q·Vs[km/s],
+Qp = 2·Qs in every cell (`section_q`). The same Q shapes both modalities: it lowers the image's
+wavelet frequency with two-way time and it sets the seismogram's near-surface high-frequency decay
+(the site κ), the shared physics a model can align on.
 
-Seismogram (`render_waveform`). A station sits on the surface at a random trace of the section;
-an event lies 3–25 km deep in the crust at 2–80 km epicentral distance. Through the station's
-1-D column (every 8 m cell plus the crust) the P and S ray parameters are found by bisection, so
-the travel times, S−P time, incidence angles and attenuation t* = Σ tᵢ/Qᵢ (Qs = 50·Vs[km/s],
-Qp = 2·Qs) all come from the section's velocities. At the strongest interfaces under the station
-(the same interfaces that light up the image) the model adds the receiver-side phases: Ps
-conversions (delay Σh(ηs−ηp), η = √(v⁻²−p²)), PpPs, P reverberations PpPp (delay 2Σhηp: at
-vertical incidence exactly the interface's two-way time in the image) and S reverberations,
-each scaled by the first-order transmission / reflection coefficients of that interface.
-Every phase is a Brune source pulse (corner frequency 10^(1.9−0.5·M) Hz) delayed exactly in the
-frequency domain and attenuated by Futterman's causal Q operator. P is polarised on Z/radial,
-SV on radial/Z and SH on transverse, rotated to Z, N, E by a random back-azimuth; near-surface
-impedance amplifies both. Scattered codas follow P and S, and coloured background noise
-(microseism peak near 0.2 Hz, a 1/f floor and sometimes a cultural line at 5–20 Hz) is added at a
-random SNR (10–45 dB, peak signal over noise std). The record is 3001 samples at 100 Hz, [T, 3]
-in Z, N, E order, with P/S pick sample indices and the event metadata (depth, epicentral
-distance, magnitude proxy, back-azimuth).
+Image (`render_image`). Acoustic impedance ρ·Vp is put on a FIXED two-way-time axis (row i at
+i·6 ms, 0–1.34 s; times past the section base read the crust, so the basement reflector shows),
+vertical-incidence reflectivity r = ΔZ / (2 Z̄) is convolved with a non-stationary zero-phase
+Ricker wavelet: a source peak of 28–34 Hz lowered at every two-way time by the section's
+accumulated two-way t* (peak of f²·e^(−f²/fp²)·e^(−π f t*)); then band-limited noise, laterally
+correlated over 0.5–3 traces, at signal-to-noise ratio 2–12. Labels, all on the image grid:
+`facies` (unit id, 10 = salt), `salt` mask, `reflectivity`, `clean` image, and the SFM
+interpolation `trace_mask` (10 of the 14 16-trace blocks kept, 1 = kept); `wavelet_hz` is the mean
+peak frequency (q itself is not in the example: the tfds feature spec is fixed).
 
-Shared physics, not a shared shortcut: sediment thickness and velocities set both the image's
-reflector times and the seismogram's converted-phase / reverberation delays, and the image
-shows the section around the station rather than the station's column alone, so matching the
-two takes learning (contrastive alignment), not copying.
+Seismogram (`render_waveform`). A station sits on the surface at the image's centre trace
+(x = 112); a micro-earthquake (magnitude proxy 0.5–1.0, corner 10^(1.9−0.5·M) Hz clipped to
+30 Hz) lies 3–15 km deep in the crust at 2–20 km epicentral distance. Through the station's 1-D
+column (every 8 m cell plus the crust) the P and S ray parameters are found by bisection, so the
+travel times, S−P time and incidence angles come from the section's velocities; the crustal path
+has Qs = 200·Vs[km/s]. The column under the station acts as a site filter (`site_response`): the
+vertical-incidence Haskell–Thomson transfer function of its units (damped by their Q) over the
+crust, applied to P (with Vp, Qp) and to S (with Vs, Qs). It holds the sediment resonances
+(f0 ≈ Vs/4H), the free-surface reverberations of every interface (delays = their two-way times,
+e.g. PpPp at the image row of the reflector) and the site κ. Ps and PpPs conversions at the four
+strongest interfaces are added on the radial, scaled by first-order coefficients.
+Every phase is a Brune source pulse delayed exactly in the frequency domain and attenuated by
+Futterman's causal Q operator. P is polarised on Z/radial, SV on radial/Z and SH on transverse,
+rotated to Z, N, E by a random back-azimuth. Scattered codas (site-filtered too) follow P and S,
+and coloured background noise (microseism peak near 0.2 Hz, a 1/f floor and sometimes a cultural
+line at 5–20 Hz) is added at a random SNR (25–45 dB, peak signal over noise std). The record is
+3001 samples at 100 Hz, [T, 3] in Z, N, E order, with P/S pick sample indices and the event
+metadata (depth, epicentral distance, magnitude proxy, back-azimuth).
+
+Shared physics, not a shared shortcut: the section's Q sets both the image's frequency decay
+with time and the record's high-frequency decay; sediment thickness and velocities set both the
+image's reflector times (on an absolute time axis, with the station's column at the centre trace)
+and the record's resonances, reverberation and conversion delays; event size, distance, depth,
+back-azimuth, noise and coda stay nuisances the image cannot know. Matching the two takes
+learning (contrastive alignment), not copying.
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ SALT_ID = MAX_LAYERS
 N_FACIES = MAX_LAYERS + 1
 SALT_VP, SALT_VS, SALT_RHO = 4500.0, 2550.0, 2150.0
 _NFFT = 4096
+DT_IMAGE = 0.006  # s of two-way time per image row (fixed: rows map to absolute delays)
+STATION = W // 2  # the station sits on the image's centre trace
+F_SOURCE = (28.0, 34.0)  # Hz, peak frequency of the surface survey's source wavelet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +91,7 @@ class EarthModel:
     crust_rho: float
     n_layers: int
     has_salt: bool
+    q_factor: float = 50.0  # section Qs = q_factor * Vs[km/s], Qp = 2 Qs
 
 
 def gardner_density(vp: np.ndarray) -> np.ndarray:
@@ -135,9 +149,17 @@ def draw_earth_model(rng: np.random.Generator) -> EarthModel:
     )
     crust_vp = rng.uniform(5800.0, 6400.0)
     crust_vs = crust_vp / rng.uniform(1.70, 1.78)
+    q_factor = float(np.exp(rng.uniform(np.log(8.0), np.log(160.0))))
     return EarthModel(
-        facies, vp, vs, rho, crust_vp, crust_vs, float(gardner_density(crust_vp)), n_layers, has_salt
+        facies, vp, vs, rho, crust_vp, crust_vs, float(gardner_density(crust_vp)), n_layers, has_salt,
+        q_factor,
     )
+
+
+def section_q(model: EarthModel) -> tuple[np.ndarray, np.ndarray]:
+    """(Qp, Qs) of every cell of the section: Qs = q_factor·Vs[km/s], Qp = 2·Qs."""
+    qs = model.q_factor * model.vs / 1000.0
+    return 2.0 * qs, qs
 
 
 def ricker(cycles_per_sample: float) -> np.ndarray:
@@ -147,38 +169,54 @@ def ricker(cycles_per_sample: float) -> np.ndarray:
     return (1.0 - 2.0 * a) * np.exp(-a)
 
 
-def _depth_to_time(model: EarthModel) -> tuple[np.ndarray, np.ndarray, float]:
-    """Impedance and facies resampled on a uniform two-way-time axis; returns (Z, facies, dt)."""
-    twt = 2.0 * np.cumsum(DZ / model.vp, axis=0) - DZ / model.vp  # at cell centres
-    t_axis = np.linspace(twt[0].max(), twt[-1].min(), H)
-    # One searchsorted for all traces: offset each trace's (increasing) times by a large constant.
-    offset = (twt[-1].max() + 1.0) * np.arange(W)
-    flat = (twt + offset).T.ravel()
-    query = (t_axis[:, None] + offset[None, :]).T.ravel()
-    hi = np.clip(np.searchsorted(flat, query), 1, H * W - 1)
-    lo = hi - 1
-    frac = np.clip((query - flat[lo]) / (flat[hi] - flat[lo]), 0.0, 1.0)
-    imp = (model.rho * model.vp).T.ravel()
-    z_t = (imp[lo] * (1 - frac) + imp[hi] * frac).reshape(W, H).T
-    fac = model.facies.T.ravel()
-    f_t = np.where(frac < 0.5, fac[lo], fac[hi]).reshape(W, H).T
-    return z_t, f_t, float(t_axis[1] - t_axis[0])
+def _depth_to_time(model: EarthModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Impedance, facies and two-way t* on the fixed two-way-time axis (row i at i·DT_IMAGE).
+
+    Times past the base of the section read the crust (the basement reflection)."""
+    twt = 2.0 * np.cumsum(DZ / model.vp, axis=0)  # at the base of each cell
+    qp, _ = section_q(model)
+    tstar = 2.0 * np.cumsum(DZ / (model.vp * qp), axis=0)
+    t_axis = (np.arange(H) + 0.5) * DT_IMAGE
+    imp = model.rho * model.vp
+    crust_imp = model.crust_rho * model.crust_vp
+    z_t, f_t, ts_t = np.empty((H, W)), np.empty((H, W), np.int32), np.empty((H, W))
+    for j in range(W):
+        idx = np.searchsorted(twt[:, j], t_axis)  # cell holding each time sample; H = crust
+        inside = idx < H
+        idx_c = np.minimum(idx, H - 1)
+        z_t[:, j] = np.where(inside, imp[idx_c, j], crust_imp)
+        f_t[:, j] = model.facies[idx_c, j]
+        ts_t[:, j] = np.interp(t_axis, twt[:, j], tstar[:, j])  # held constant in the crust
+    return z_t, f_t, ts_t
+
+
+def attenuated_peak(f_peak: float, tstar: np.ndarray) -> np.ndarray:
+    """Peak frequency of a Ricker wavelet (peak f_peak) after the amplitude loss exp(−π f t*):
+    the root of f² + (π t* f_peak²/2) f − f_peak² = 0."""
+    a = 0.5 * np.pi * np.asarray(tstar) * f_peak**2
+    return 0.5 * (np.sqrt(a**2 + 4.0 * f_peak**2) - a)
 
 
 def render_image(model: EarthModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Seismic image [H, W, 1] and its labels (see module docstring)."""
-    time_domain = bool(rng.random() < 0.5)
-    if time_domain:
-        impedance, facies, dt = _depth_to_time(model)
-    else:
-        impedance, facies = model.rho * model.vp, model.facies
-        dt = 2.0 * DZ / float(np.mean(model.vp))  # two-way time per row, for the wavelet in Hz
+    impedance, facies, tstar = _depth_to_time(model)
     refl = np.zeros((H, W))
     refl[:-1] = (impedance[1:] - impedance[:-1]) / (impedance[1:] + impedance[:-1])
-    cps = rng.uniform(0.05, 0.14)
-    wavelet = ricker(cps)
-    clean = fftconvolve(refl, wavelet[:, None], mode="same", axes=0)
-    noise = fftconvolve(rng.normal(0, 1, (H, W)), wavelet[:, None], mode="same", axes=0)
+    f_src = rng.uniform(*F_SOURCE)
+    # Non-stationary wavelet: the section's Q lowers the peak frequency with two-way time.
+    f_row = attenuated_peak(f_src, tstar.mean(axis=1))  # [H] Hz
+    grid = np.linspace(f_row.min(), f_row.max() + 1e-6, 5)
+    clean = np.zeros((H, W))
+    noise_src = rng.normal(0, 1, (H, W))
+    noise = np.zeros((H, W))
+    pos = np.interp(f_row, grid, np.arange(grid.size))
+    for k, fk in enumerate(grid):
+        weight = np.clip(1.0 - np.abs(pos - k), 0.0, 1.0)[:, None]
+        if not weight.any():
+            continue
+        wavelet = ricker(fk * DT_IMAGE)
+        clean += weight * fftconvolve(refl, wavelet[:, None], mode="same", axes=0)
+        noise += weight * fftconvolve(noise_src, wavelet[:, None], mode="same", axes=0)
     noise = gaussian_filter1d(noise, rng.uniform(0.5, 3.0), axis=1)
     snr = rng.uniform(2.0, 12.0)
     scale = clean.std() + 1e-12
@@ -193,8 +231,8 @@ def render_image(model: EarthModel, rng: np.random.Generator) -> dict[str, np.nd
         "facies": facies.astype(np.int32),
         "salt": (facies == SALT_ID).astype(np.int32),
         "trace_mask": trace_mask,
-        "time_domain": np.int32(time_domain),
-        "wavelet_hz": np.float32(cps / dt),
+        "time_domain": np.int32(1),
+        "wavelet_hz": np.float32(f_row.mean()),
         "image_snr": np.float32(snr),
     }
 
@@ -270,12 +308,49 @@ def _coloured_noise(rng: np.random.Generator, f: np.ndarray) -> np.ndarray:
     return noise / (noise.std(axis=1, keepdims=True) + 1e-12)
 
 
+def column_units(model: EarthModel, trace: int) -> dict[str, np.ndarray]:
+    """The section's units under `trace` as a layer stack (top first): thickness (m), Vp, Vs, ρ,
+    Qp, Qs (cell means over each unit)."""
+    fac = model.facies[:, trace]
+    bounds = [0] + list(np.flatnonzero(fac[1:] != fac[:-1]) + 1) + [H]
+    qp, qs = section_q(model)
+    out = {k: [] for k in ("h", "vp", "vs", "rho", "qp", "qs")}
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        out["h"].append((b - a) * DZ)
+        for key, field in (("vp", model.vp), ("vs", model.vs), ("rho", model.rho), ("qp", qp), ("qs", qs)):
+            out[key].append(field[a:b, trace].mean())
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def site_response(f: np.ndarray, h: np.ndarray, v: np.ndarray, rho: np.ndarray, q: np.ndarray,
+                  v_half: float, rho_half: float) -> np.ndarray:
+    """Vertical-incidence transfer function of a damped layer stack on an elastic half-space.
+
+    Haskell–Thomson propagation of (displacement, stress) from the free surface down to the
+    half-space, complex velocities v(1 + i/(2Q)); returns surface displacement per unit
+    up-going wave in the half-space (2 when there are no layers), with the vertical travel time
+    through the stack removed so the direct arrival keeps its time. It holds the resonances
+    (f0 ≈ Vs/(4H) of the sediments), the free-surface reverberations of every interface (delays
+    = the interfaces' two-way times) and the stack's attenuation.
+    """
+    w = 2 * np.pi * np.maximum(f, 1e-4)
+    u, tau = np.ones_like(w, dtype=complex), np.zeros_like(w, dtype=complex)
+    for hj, vj, rj, qj in zip(h, v, rho, q, strict=True):
+        vc = vj * (1 + 0.5j / qj)
+        k, mu = w / vc, rj * vc**2
+        c, s_ = np.cos(k * hj), np.sin(k * hj)
+        u, tau = c * u + s_ / (mu * k) * tau, -mu * k * s_ * u + c * tau
+    mu_half = rho_half * v_half**2
+    up = 0.5 * (u + tau / (1j * mu_half * w / v_half))
+    return np.exp(1j * w * np.sum(h / v)) / up
+
+
 def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """3-component seismogram [T, 3] (Z, N, E) at a station on the section (see module docstring)."""
-    station = int(rng.integers(W // 4, 3 * W // 4))
-    depth = rng.uniform(3000.0, 25000.0)
-    distance = rng.uniform(2000.0, 80000.0)
-    magnitude = rng.uniform(0.5, 4.0)
+    station = STATION
+    depth = rng.uniform(3000.0, 15000.0)
+    distance = rng.uniform(2000.0, 20000.0)
+    magnitude = rng.uniform(0.5, 1.0)
     baz = rng.uniform(0.0, 360.0)
 
     vp_col, vs_col = model.vp[:, station], model.vs[:, station]
@@ -283,8 +358,9 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
     vp_all, vs_all = np.append(vp_col, model.crust_vp), np.append(vs_col, model.crust_vs)
     p_p, times_p = direct_ray(thick, vp_all, distance)
     p_s, times_s = direct_ray(thick, vs_all, distance)
-    qs = 50.0 * vs_all / 1000.0
-    tstar_p, tstar_s = np.sum(times_p / (2 * qs)), np.sum(times_s / qs)
+    # The section's attenuation enters through the site response; the crust has Qs = 200·Vs[km/s].
+    q_crust = 200.0 * model.crust_vs / 1000.0
+    tstar_p, tstar_s = times_p[-1] / (2 * q_crust), times_s[-1] / q_crust
     t_p, t_s = times_p.sum(), times_s.sum()
 
     sp_samples = int(round((t_s - t_p) * FS))
@@ -295,14 +371,9 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
 
     sin_ip, sin_is = p_p * vp_col[0], p_s * vs_col[0]
     cos_ip, cos_is = np.sqrt(1 - sin_ip**2), np.sqrt(1 - sin_is**2)
-    amp_p = rng.uniform(0.2, 1.0) * np.sqrt(
-        model.crust_rho * model.crust_vp / (model.rho[0, station] * vp_col[0])
-    )
-    amp_s = (
-        rng.uniform(0.2, 1.0)
-        * (model.crust_vp / model.crust_vs) ** 3
-        * np.sqrt(model.crust_rho * model.crust_vs / (model.rho[0, station] * vs_col[0]))
-    )
+    # Site amplification is in the transfer functions; these are source / path amplitudes.
+    amp_p = rng.uniform(0.5, 1.0)
+    amp_s = rng.uniform(0.5, 1.0) * (model.crust_vp / model.crust_vs) ** 3
     psi = rng.uniform(0, 2 * np.pi)  # SV / SH partition of the S radiation
 
     # Phases in (Z, R, T) with delays, t* and family (0 = P, 1 = S).
@@ -310,30 +381,17 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
         ((cos_ip, sin_ip, 0.0), tau_p, tstar_p, 0),
         ((-sin_is * np.cos(psi), cos_is * np.cos(psi), np.sin(psi)), tau_s, tstar_s, 1),
     ]
-    q_sed = float(np.mean(qs[:H]))
+    _, qs_sec = section_q(model)
+    q_sed = float(np.mean(qs_sec[:, station]))
     for iface in _column_interfaces(model, station):
         k = iface["row"]
         eta_p = np.sqrt(np.maximum(vp_col[:k] ** -2 - p_p**2, 0)) * DZ
         eta_s = np.sqrt(np.maximum(vs_col[:k] ** -2 - p_p**2, 0)) * DZ
-        eta_ss = np.sqrt(np.maximum(vs_col[:k] ** -2 - p_s**2, 0)) * DZ
-        del_ps, del_ppps, del_pppp = eta_s.sum() - eta_p.sum(), eta_s.sum() + eta_p.sum(), 2 * eta_p.sum()
-        del_ssss = 2 * eta_ss.sum()
+        del_ps, del_ppps = eta_s.sum() - eta_p.sum(), eta_s.sum() + eta_p.sum()
         a_ps = np.clip(0.5 * sin_ip * (iface["drho"] + 2 * iface["dvs"]), -0.5, 0.5)
         phases += [
             ((0.1 * a_ps, a_ps, 0.0), tau_p + del_ps, tstar_p + del_ps / q_sed, 0),
             ((0.0, -iface["rp"] * a_ps, 0.0), tau_p + del_ppps, tstar_p + del_ppps / q_sed, 0),
-            (
-                (-iface["rp"] * cos_ip, -iface["rp"] * sin_ip, 0.0),
-                tau_p + del_pppp,
-                tstar_p + del_pppp / q_sed,
-                0,
-            ),
-            (
-                (0.0, -iface["rs"] * cos_is * np.cos(psi), -iface["rs"] * np.sin(psi)),
-                tau_s + del_ssss,
-                tstar_s + del_ssss / q_sed,
-                1,
-            ),
         ]
     zrt = np.array([ph[0] for ph in phases]) * np.where([ph[3] for ph in phases], amp_s, amp_p)[:, None]
     delay = np.array([ph[1] for ph in phases])
@@ -343,14 +401,19 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
     fc = float(np.clip(10 ** (1.9 - 0.5 * magnitude), 0.5, 30.0))
     f = np.fft.rfftfreq(_NFFT, 1.0 / FS)
     source = _brune(f, fc)
+    col = column_units(model, station)
+    site = {
+        0: site_response(f, col["h"], col["vp"], col["rho"], col["qp"], model.crust_vp, model.crust_rho),
+        1: site_response(f, col["h"], col["vs"], col["rho"], col["qs"], model.crust_vs, model.crust_rho),
+    }
     kernels = _phase_spectrum(f, delay, tstar) * source  # [n_phase, n_freq]
     traces = {}
     for fam in (0, 1):
-        spec = zrt[family == fam].T @ kernels[family == fam]  # [3 (Z, R, T), n_freq]
+        spec = zrt[family == fam].T @ kernels[family == fam] * site[fam]  # [3 (Z, R, T), n_freq]
         traces[fam] = np.fft.irfft(spec, _NFFT)[:, :T]
     t = np.arange(T) / FS
     for fam, onset, ts in ((0, tau_p, tstar_p), (1, tau_s, tstar_s)):
-        band = np.abs(source) * np.exp(-np.pi * f * ts)
+        band = np.abs(source * site[fam]) * np.exp(-np.pi * f * ts)
         scatter = np.fft.irfft(
             (rng.normal(size=(3, f.size)) + 1j * rng.normal(size=(3, f.size))) * band, _NFFT
         )[:, :T]
@@ -364,7 +427,7 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
     hypo_km = np.hypot(depth, distance) / 1000.0
     zrt_signal *= 10.0**magnitude / hypo_km
 
-    snr_db = rng.uniform(10.0, 45.0)
+    snr_db = rng.uniform(25.0, 45.0)
     noise = _coloured_noise(rng, f) * np.abs(zrt_signal).max() / 10 ** (snr_db / 20)
     b = np.deg2rad(baz)
     z_c, r_c, t_c = zrt_signal
