@@ -66,7 +66,8 @@ def test_direct_ray_matches_a_straight_line_in_a_uniform_medium():
 def test_site_response_of_one_layer_reverberates_at_its_two_way_time():
     f = np.fft.rfftfreq(4096, 0.01)
     h, v, rho, v_half, rho_half = 200.0, 500.0, 1900.0, 3500.0, 2700.0
-    resp = syn.site_response(f, np.array([h]), np.array([v]), np.array([rho]), np.array([1e6]), v_half, rho_half)
+    resp = syn.site_response(f, np.array([h]), np.array([v]), np.array([rho]), np.array([1e6]),
+                             v_half, rho_half)
     pulse = np.fft.irfft(resp, 4096)
     peaks = np.sort(np.argsort(-np.abs(pulse))[:3])
     np.testing.assert_array_equal(peaks, [0, 80, 160])  # 2h/v = 0.8 s = 80 samples

@@ -144,7 +144,7 @@ class Trainer:
               batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         step_key = jax.random.fold_in(jax.random.key(self.config["seed"]), state.step)
         loss, metrics, grads = self._grads(state.params, batch, step_key, state.step)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
