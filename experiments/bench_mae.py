@@ -10,9 +10,7 @@ Same config, same inputs, same machine, alternating rounds; prints steps/s of bo
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -23,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.alternating import alternate_rounds, median_rates  # noqa: E402
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder  # noqa: E402
 from seisfuse.train.optim import mae_adamw  # noqa: E402
 from tests.reference.mae_torch import MaskedAutoencoderViT  # noqa: E402
@@ -79,13 +78,6 @@ def torch_stepper(cfg: MAEConfig, images: np.ndarray, noise: np.ndarray, dtype: 
     return run
 
 
-def timed(run, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    return (time.perf_counter() - start) / steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="base")
@@ -101,13 +93,7 @@ def main() -> None:
     noise = rng.random((args.batch, cfg.num_patches)).astype(np.float32)
     runners = {"jax": jax_stepper(cfg, images, noise),
                "torch": torch_stepper(cfg, images, noise, getattr(torch, args.dtype))}
-    for run in runners.values():  # compile / warm up
-        run(), run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            times[name].append(timed(run, args.steps))
-    rate = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+    rate = median_rates(alternate_rounds(runners, args.rounds, args.steps, warmup=2))
     print(f"device: jax {jax.devices()[0].device_kind} | torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"MAE {args.preset} pretraining step, batch {args.batch}, {args.dtype}, "

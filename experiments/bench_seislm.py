@@ -11,9 +11,7 @@ steps/s of both and the ratio of the medians and of the fastest rounds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -24,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.alternating import alternate_rounds, median_rates  # noqa: E402
 from seisfuse.convert.seislm import state_dict_to_params  # noqa: E402
 from seisfuse.masking import pretraining_masks  # noqa: E402
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining  # noqa: E402
@@ -82,13 +81,6 @@ def torch_stepper(model: TorchModel, x: np.ndarray, mask: np.ndarray, negatives:
     return run
 
 
-def timed(run, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    return (time.perf_counter() - start) / steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="seislm-base")
@@ -110,13 +102,8 @@ def main() -> None:
     state_dict = {k: v.clone() for k, v in reference.state_dict().items()}
     runners = {"jax": jax_stepper(cfg, state_dict, x, mask, negatives),
                "torch": torch_stepper(reference, x, mask, negatives)}
-    for run in runners.values():  # compile / warm up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            times[name].append(timed(run, args.steps))
-    rate = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+    times = alternate_rounds(runners, args.rounds, args.steps)
+    rate = median_rates(times)
     print(f"device: jax {jax.devices()[0].device_kind} | torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"SeisLM {args.preset} pretraining step, batch {args.batch} x {args.samples} samples, "

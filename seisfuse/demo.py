@@ -113,7 +113,7 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     import jax
 
     from seisfuse.data.pipeline import ArraySource, make_dataset
-    from seisfuse.eval.embed import Embedder, save_run_config
+    from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
     from seisfuse.train.loop import train
     from seisfuse.train.tasks import make_task
@@ -142,8 +142,7 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
     data = iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
                              augment=True))
-    save_run_config(out, config)
-    state = train(task, config, out, data=data)
+    state = train(task, config, out, data=data)  # also writes out/config.json
     trained = time.perf_counter()
 
     untrained_params = jax.jit(lambda key: nn.unbox(task.init_params(key)))(jax.random.key(config.seed))

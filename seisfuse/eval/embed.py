@@ -18,7 +18,6 @@ import numpy as np
 
 from seisfuse.data.transforms import normalize_waveform, zscore_image
 from seisfuse.train.config import RUN_CONFIG_FILE as CONFIG_FILE
-from seisfuse.train.config import save_run_config  # noqa: F401  (re-exported for the demo)
 
 IMAGE_SUFFIXES = (".npy", ".dat")
 WAVEFORM_SUFFIXES = (".npy", ".mseed", ".miniseed", ".sac", ".gse2", ".seed")

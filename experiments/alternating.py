@@ -1,0 +1,29 @@
+"""Side-by-side timing for the ratio benchmarks: warm every runner up, then alternate timed rounds
+so that all runners see the same machine load."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def alternate_rounds(runners: dict[str, Callable[[], object]], rounds: int, steps: int,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per step of each runner, one entry per round (rounds interleave the runners)."""
+    for run in runners.values():  # compile / warm up
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def median_rates(times: dict[str, list[float]]) -> dict[str, float]:
+    """Steps per second from the median round of each runner."""
+    return {name: 1.0 / statistics.median(t) for name, t in times.items()}
