@@ -41,9 +41,11 @@ e.g. PpPp at the image row of the reflector) and the site κ. Ps and PpPs conver
 strongest interfaces are added on the radial, scaled by first-order coefficients.
 Every phase is a Brune source pulse delayed exactly in the frequency domain and attenuated by
 Futterman's causal Q operator. P is polarised on Z/radial, SV on radial/Z and SH on transverse,
-rotated to Z, N, E by a random back-azimuth. Scattered codas (site-filtered too) follow P and S,
-and coloured background noise (microseism peak near 0.2 Hz, a 1/f floor and sometimes a cultural
-line at 5–20 Hz) is added at a random SNR (25–45 dB, peak signal over noise std). The record is
+rotated to Z, N, E by a random back-azimuth. Weak scattered codas (site-filtered too, peaks
+2–7 % of their phase's) follow P and S, so the first second after P holds the site's
+reverberations rather than random scattering. Coloured background noise (microseism peak near
+0.2 Hz, a 1/f floor and sometimes a cultural line at 5–20 Hz) is added at a random SNR
+(25–45 dB, peak signal over noise std). The record is
 3001 samples at 100 Hz, [T, 3] in Z, N, E order, with P/S pick sample indices and the event
 metadata (depth, epicentral distance, magnitude proxy, back-azimuth).
 
@@ -420,7 +422,7 @@ def render_waveform(model: EarthModel, rng: np.random.Generator) -> dict[str, np
         lag = np.clip(t - onset, 0, None)
         envelope = (t > onset) * (1 - np.exp(-lag / 0.3)) * np.exp(-lag / rng.uniform(2.0, 8.0))
         coda = scatter / (scatter.std() + 1e-12) * envelope
-        traces[fam] = traces[fam] + rng.uniform(0.1, 0.35) * np.abs(traces[fam]).max() * coda / (
+        traces[fam] = traces[fam] + rng.uniform(0.02, 0.07) * np.abs(traces[fam]).max() * coda / (
             np.abs(coda).max() + 1e-12
         )
     zrt_signal = traces[0] + traces[1]
