@@ -8,7 +8,8 @@ image goes to a second SFM tower instead of SeisLM).
         --model.image.trainable=none --model.waveform.trainable=none    # LiT-style: heads only
 
 Choices (all overridable): loss clip | siglip; per tower trainable all | none | last:K,
-pooling cls | mean (SFM), weights = a `seisfuse convert` directory or "" (scratch); mesh.
+pooling cls | mean (SFM), weights = a `seisfuse convert` directory or "" (scratch); mesh;
+data.p_window = [samples before P, length] (tiny: [50, 512]) or None for whole 3001-sample records.
 """
 
 from seisfuse.demo import demo_config
@@ -34,6 +35,7 @@ def get_config(variant: str = "tiny"):
     if approach == "mel":
         c.model.waveform = {**c.model.waveform, "kind": "mel-sfm", "preset": c.model.image.preset,
                             "pooling": c.model.image.pooling, "overrides": {}}
+        c.data.p_window = None  # the Mel image covers the whole 30 s record
     return c
 
 

@@ -149,3 +149,21 @@ def test_tfds_array_record_builder_reads_back_through_grain(tmp_path):
         np.testing.assert_array_equal(ex[key], ref[key])
     batch = next(iter(make_dataset(train, task="paired", batch_size=4, seed=0)))
     assert batch["image"].shape == (4, 224, 224, 1) and batch["depth_km"].dtype == np.float32
+
+
+def test_paired_p_window_cuts_around_the_pick_after_augmentation(synthetic):
+    from seisfuse.data import transforms
+
+    for augment in (False, True):
+        batch = next(iter(make_dataset(synthetic, task="paired", batch_size=4, seed=0, shuffle=False,
+                                       augment=augment, p_window=(50, 512))))
+        assert batch["waveform"].shape == (4, 512, 3)
+        assert np.all(batch["p_sample"] == 50)
+        assert np.all(batch["s_sample"] - batch["p_sample"]
+                      == [int(synthetic[b]["s_sample"]) - int(synthetic[b]["p_sample"]) for b in range(4)])
+    plain = next(iter(make_dataset(synthetic, task="paired", batch_size=4, seed=0, shuffle=False,
+                                   p_window=(50, 512))))
+    for b in range(4):
+        ex = synthetic[b]
+        expected = transforms.normalize_waveform(transforms.p_window(ex["waveform"], ex["p_sample"], 50, 512))
+        np.testing.assert_allclose(plain["waveform"][b], expected, atol=1e-6)

@@ -94,3 +94,17 @@ def test_augment_pair_keeps_the_shared_physics():
         sign = np.sign(z)
         np.testing.assert_allclose([n, e], sign * 0.5 * np.array([-np.cos(b), -np.sin(b)]), atol=1e-5)
         assert np.count_nonzero(out["waveform"]) == 3
+
+
+def test_p_window_puts_the_pick_at_a_fixed_sample_and_pads_outside_the_record():
+    w = np.zeros((3001, 3), np.float32)
+    w[1200, 0], w[10, 1] = 1.0, 2.0
+    cut = tf.p_window(w, 1200, before=50, length=512)
+    assert cut.shape == (512, 3) and cut[50, 0] == 1.0 and cut.sum() == 1.0
+    early = tf.p_window(w, 20, before=50, length=512)  # starts 30 samples before the record
+    assert early[40, 1] == 2.0 and np.all(early[:30] == 0)
+    for bad in (np.nan, -1, None):
+        with pytest.raises(ValueError, match="needs a P pick"):
+            tf.p_window(w, bad, before=50, length=512)
+    with pytest.raises(ValueError, match="before < length"):
+        tf.p_window(w, 1200, before=512, length=512)

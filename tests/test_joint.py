@@ -289,6 +289,15 @@ def test_align_config_variants_build_their_task(variant):
         load_config("configs/align.py:huge")
 
 
+def test_p_window_sets_the_waveform_length_and_is_refused_by_the_mel_tower():
+    assert make_task(load_config("configs/align.py:tiny")).num_samples == 512  # data.p_window [50, 512]
+    assert make_task(load_config("configs/align.py:tiny-mel")).num_samples == 3001
+    mel = load_config("configs/align.py:tiny-mel")
+    mel.data.p_window = [50, 512]
+    with pytest.raises(ValueError, match="mel-sfm tower .* whole 3001-sample records"):
+        make_task(mel)
+
+
 def test_unknown_loss_is_named():
     with pytest.raises(ValueError, match="unknown contrastive loss 'triplet'"):
         AlignTask(small_cfg(), "triplet")

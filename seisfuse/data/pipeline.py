@@ -87,6 +87,7 @@ class TaskTransform:
 
     task: str
     augment: bool = False
+    p_window: tuple[int, int] | None = None  # paired: (samples before P, length) of a P-aligned window
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -96,7 +97,14 @@ class TaskTransform:
         if self.task == "mae":
             return {"image": transforms.zscore_image(example["image"])}
         if self.task == "paired":
-            ex = transforms.augment_pair(example, rng) if self.augment else example
+            ex = transforms.augment_pair(example, rng) if self.augment else dict(example)
+            if self.p_window is not None:
+                before, length = self.p_window
+                ex["waveform"] = transforms.p_window(ex["waveform"], float(ex["p_sample"]), before, length)
+                shift = int(round(float(ex["p_sample"]))) - before
+                for key in ("p_sample", "s_sample"):
+                    if key in ex:
+                        ex[key] = int(ex[key]) - shift
             out = {
                 "image": transforms.zscore_image(ex["image"]),
                 "waveform": transforms.normalize_waveform(ex["waveform"]),
@@ -117,6 +125,10 @@ class TaskTransform:
             "waveform": transforms.normalize_waveform(waveform),
             "labels": transforms.pick_labels(picks["p"], picks["s"]),
         }
+
+
+def _window_pair(p_window: Sequence[int] | None) -> tuple[int, int] | None:
+    return None if p_window is None else (int(p_window[0]), int(p_window[1]))
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -156,6 +168,7 @@ def make_dataset(
     worker_buffer_size: int = 2,
     read_threads: int = 1,
     prefetch: int = 2,
+    p_window: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
     """A grain pipeline yielding batches (dicts of numpy arrays) for `task`.
 
@@ -165,7 +178,8 @@ def make_dataset(
     jax.process_index() / jax.process_count(); batch_size is per host. num_epochs None repeats
     forever. num_workers > 0 runs the per-example work in that many processes (same output);
     each process builds batches with `read_threads` threads and keeps `prefetch` batches ready
-    (grain's defaults, 16 threads and 500 batches, would flood a small host).
+    (grain's defaults, 16 threads and 500 batches, would flood a small host). p_window
+    (paired task): cut each waveform to (samples before P, length) around its P pick.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -179,7 +193,7 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed + index)
     ds = ds.repeat(num_epochs)
-    ds = ds.random_map(TaskTransform(task, augment), seed=seed + 7919 * index + 1)
+    ds = ds.random_map(TaskTransform(task, augment, _window_pair(p_window)), seed=seed + 7919 * index + 1)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:

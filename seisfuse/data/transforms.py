@@ -40,6 +40,19 @@ def window(waveform: np.ndarray, start: int, length: int = WINDOW) -> np.ndarray
     return out
 
 
+def p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) -> np.ndarray:
+    """The `length` samples of [T, C] that start `before` samples ahead of the P pick.
+
+    Aligning on P puts the onset and the P coda (the site's reverberations) at fixed positions, as
+    pick-centred windows do in SeisBench-style training; zero-padded where it leaves the record.
+    """
+    if p_sample is None or not np.isfinite(p_sample) or p_sample < 0:
+        raise ValueError(f"a P-aligned window needs a P pick (sample index >= 0), got {p_sample!r}")
+    if not 0 <= before < length:
+        raise ValueError(f"need 0 <= before < length, got before={before}, length={length}")
+    return window(waveform, int(round(float(p_sample))) - before, length)
+
+
 def random_window(
     waveform: np.ndarray,
     rng: np.random.Generator,

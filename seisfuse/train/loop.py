@@ -171,7 +171,7 @@ def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
         data = config["data"]
         dataset = make_dataset(SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0)),
                                task=task.data_task, batch_size=trainer.local_batch, seed=config["seed"],
-                               num_workers=data.get("num_workers", 0))
+                               num_workers=data.get("num_workers", 0), p_window=data.get("p_window"))
         return iter(dataset)
     raise ValueError(f"unknown data source {source!r}: 'random' or 'synthetic'")
 

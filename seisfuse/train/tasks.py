@@ -356,8 +356,15 @@ class AlignTask:
         cfg = JointConfig(tuple(towers), embed_dim=model["embed_dim"], head=model.get("head", "linear"),
                           logit_scale_init=scale, logit_bias_init=bias)
         pairs = tuple(tuple(p) for p in config.get("pairs", [list(model["modalities"][:2])]))
+        p_window = config.get("data", {}).get("p_window")
+        mel = [t.modality for t in towers if t.kind == "mel-sfm"]
+        if p_window and mel:
+            raise ValueError(f"data.p_window cuts waveforms to {p_window[1]} samples, but the mel-sfm tower "
+                             f"of {mel} makes its Mel image from whole 3001-sample records: drop "
+                             "data.p_window (configs/align.py's -mel variants do)")
         return cls(cfg, loss_name=config["loss"], pairs=pairs, trainable=tuple(trainable),
-                   weights=tuple(weights), mesh_axes=tuple(dict(config["mesh"]).items()))
+                   weights=tuple(weights), mesh_axes=tuple(dict(config["mesh"]).items()),
+                   num_samples=int(p_window[1]) if p_window else 3001)
 
 
 def _tower_flops(backbone: MAEConfig | Wav2Vec2Config, num_samples: int) -> float:
