@@ -59,7 +59,7 @@ def _embed(args: argparse.Namespace, overrides: list[str]) -> int:
     modality = _modality(embedder, args.modality, args.inputs)
     key = embedder.input_key(modality)
     files = list_inputs(args.inputs, IMAGE_SUFFIXES if key == "image" else WAVEFORM_SUFFIXES)
-    items, names = read_items(files, key)
+    items, names = read_items(files, key, p_window=embedder.p_window)
     path, meta = save_embeddings(args.out, embedder(modality, items), names, modality, args.run_dir)
     print(f"wrote {len(names)} {modality} embeddings to {path} (names in {meta.name})")
     return 0
@@ -78,7 +78,7 @@ def _retrieve(args: argparse.Namespace, overrides: list[str]) -> int:
     if not Path(args.query).is_file():
         raise FileNotFoundError(f"query file not found: {args.query}")
     modality = _modality(embedder, args.modality, [args.query])
-    items, names = read_items([Path(args.query)], embedder.input_key(modality))
+    items, names = read_items([Path(args.query)], embedder.input_key(modality), p_window=embedder.p_window)
     scores = similarity(embedder(modality, items), gallery)
     k = min(args.k, len(gallery))
     for name, row in zip(names, scores, strict=True):
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "write metrics.json, summary.txt, figures/ and checkpoints/ to --out.")
     demo.add_argument("--out", default="seisfuse-demo", help="output folder (default ./seisfuse-demo)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
-    demo.add_argument("--train-pairs", type=int, default=None, help="training pairs (default 2048)")
+    demo.add_argument("--train-pairs", type=int, default=None,
+                      help="training pairs (default: the recipe's, 4096)")
     demo.add_argument("--heldout-pairs", type=int, default=None, help="held-out pairs (default 256)")
     demo.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
     demo.set_defaults(run=_demo)

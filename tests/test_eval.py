@@ -142,3 +142,20 @@ def test_embeddings_round_trip_with_their_names(tmp_path):
     meta.write_text(json.dumps({"modality": "image", "names": ["a"]}))
     with pytest.raises(ValueError, match="N = 1 names"):
         load_embeddings(path)
+
+
+def test_waveforms_of_a_p_aligned_run_are_cut_around_their_automatic_pick(tmp_path):
+    from seisfuse.data import transforms
+    from seisfuse.data.synthetic import generate_pair
+
+    ex = generate_pair(4, 0)
+    np.save(tmp_path / "event.npy", ex["waveform"])
+    waves, _ = read_items([tmp_path / "event.npy"], "waveform", p_window=(50, 512))
+    assert waves.shape == (1, 512, 3)
+    # Within a few samples of the window cut at the true pick: the onset sits near sample 50.
+    best = min(range(-15, 16), key=lambda s: np.abs(waves[0] - transforms.normalize_waveform(
+        transforms.p_window(ex["waveform"], int(ex["p_sample"]) + s, 50, 512))).max())
+    assert abs(best) <= 10
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).normal(size=(3001, 3)))
+    with pytest.raises(ValueError, match=r"noise\.npy: no clear P arrival"):
+        read_items([tmp_path / "noise.npy"], "waveform", p_window=(50, 512))

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from seisfuse.data.transforms import normalize_waveform, zscore_image
+from seisfuse.data.transforms import p_window as p_window_cut
 from seisfuse.train.config import RUN_CONFIG_FILE as CONFIG_FILE
 
 IMAGE_SUFFIXES = (".npy", ".dat")
@@ -26,8 +27,10 @@ WAVEFORM_SUFFIXES = (".npy", ".mseed", ".miniseed", ".sac", ".gse2", ".seed")
 class Embedder:
     """Batched, jitted embedding of one modality at a time with a JointEmbedding and its params."""
 
-    def __init__(self, task: Any, params: Any, batch_size: int = 64):
+    def __init__(self, task: Any, params: Any, batch_size: int = 64,
+                 p_window: Sequence[int] | None = None):
         self.task, self.params, self.batch_size = task, params, batch_size
+        self.p_window = tuple(p_window) if p_window else None  # waveforms were trained P-aligned
         self.model = task.model
         self._fns: dict[str, Any] = {}
 
@@ -103,7 +106,8 @@ def load_embedder(run_dir: str | Path, spec: str | None = None, overrides: Seque
     if config.get("task") != "align":
         raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not an alignment ('align') run")
     task = make_task(config)
-    return Embedder(task, restore_params(task, config, run_dir))
+    return Embedder(task, restore_params(task, config, run_dir),
+                    p_window=config.get("data", {}).get("p_window"))
 
 
 def list_inputs(paths: Sequence[str | Path], suffixes: Sequence[str]) -> list[Path]:
@@ -122,23 +126,25 @@ def list_inputs(paths: Sequence[str | Path], suffixes: Sequence[str]) -> list[Pa
     return files
 
 
-def read_items(files: Sequence[Path], input_key: str,
-               image_size: int = 224) -> tuple[np.ndarray, list[str]]:
+def read_items(files: Sequence[Path], input_key: str, image_size: int = 224,
+               p_window: Sequence[int] | None = None) -> tuple[np.ndarray, list[str]]:
     """Normalised items [N, ...] and one name per item from image or waveform files.
 
     Images: .npy of [H, W], [H, W, 1] or a stack [N, H, W(, 1)]; SFM .dat patches. Waveforms:
-    .npy of [T, 3] or [N, T, 3] (Z, N, E); anything obspy reads (one 3-C window per file, via
-    seisfuse.data.readers.read_waveform). A stack gives names `file[i]`.
+    .npy of [T, 3] or [N, T, 3] (Z, N, E) at 100 Hz; anything obspy reads (one 3-C window per
+    file, via seisfuse.data.readers.read_waveform). A stack gives names `file[i]`. With p_window
+    (a run trained on P-aligned windows: samples before P, length) each waveform is cut around
+    its automatic P pick (seisfuse.data.picking.pick_p) as in training.
     """
     items, names = [], []
     for path in files:
-        stack = _read_one(path, input_key, image_size)
+        stack = _read_one(path, input_key, image_size, p_window)
         items.append(stack)
         names += [path.name] if len(stack) == 1 else [f"{path.name}[{i}]" for i in range(len(stack))]
     return np.concatenate(items), names
 
 
-def _read_one(path: Path, input_key: str, image_size: int) -> np.ndarray:
+def _read_one(path: Path, input_key: str, image_size: int, p_window: Sequence[int] | None) -> np.ndarray:
     if input_key == "image":
         if path.suffix.lower() == ".dat":
             from seisfuse.data.readers import read_dat
@@ -170,8 +176,20 @@ def _read_one(path: Path, input_key: str, image_size: int) -> np.ndarray:
             raise ValueError(f"{path}: expected a 3-component waveform [T, 3] (or [N, T, 3]), got shape "
                              f"{array.shape}{hint}")
         _check_finite(array, path)
+        if p_window:
+            return np.stack([_p_aligned(w, p_window, path) for w in array])
         return np.stack([normalize_waveform(w) for w in array])
     raise ValueError(f"cannot read inputs for a tower fed by {input_key!r}")
+
+
+def _p_aligned(waveform: np.ndarray, p_window: Sequence[int], path: Path) -> np.ndarray:
+    from seisfuse.data.picking import pick_p
+
+    try:
+        pick = pick_p(waveform)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return normalize_waveform(p_window_cut(waveform, pick, *p_window))
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:
