@@ -10,7 +10,13 @@ side (its P onset taken from the generator's pick, which the model never sees):
 - a two-tower MLP (256 hidden units, 64-d output) trained with the CLIP loss on the features of
   the training pairs, then image<->waveform retrieval on held-out pairs (another dataset seed);
 - ridge regressions from each side's features to the generator's labels (salt in the section,
-  number of units, event depth, distance, magnitude): which side sees what.
+  number of units, event depth, distance, magnitude): which side sees what;
+- no learning at all, interferometry: the autocorrelation of Z from 0.1 s before to 1.5 s after P
+  (its free-surface reverberations, lags 0.08-1.34 s) against the reflector series of the image's
+  station trace on the same lags (rows are 6 ms of two-way time): retrieval by their cosine, a
+  read-out with no parameters;
+- a linear map (ridge) from the P-aligned Z trace (0.3 s before to 1.5 s after P) to that
+  reflector series, fitted on the training pairs: what a linear read-out of the window recovers.
 
     python experiments/probe_pairing.py --train-pairs 6000 --heldout-pairs 256
 """
@@ -102,6 +108,39 @@ def ridge_corr(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, lam
     return float(np.corrcoef(tx @ w + y.mean(), ty)[0, 1])
 
 
+STATION_TRACE = 112
+LAGS = np.arange(8, 135)  # 10 ms samples: 0.08 s to the section's 1.34 s of two-way time
+
+
+def station_reflectivity(images: np.ndarray) -> np.ndarray:
+    """The station's image trace, resampled from 6 ms rows to the waveform's 10 ms lags."""
+    column = images[..., 0].astype(np.float64)[:, :, STATION_TRACE]
+    rows = np.arange(column.shape[1])
+    return np.stack([np.interp(LAGS * 10.0 / 6.0, rows, c) for c in column])
+
+
+def z_after_p(waveforms: np.ndarray, p_sample: np.ndarray, before: int, after: int) -> np.ndarray:
+    padded = np.pad(waveforms[..., 0].astype(np.float64), ((0, 0), (before, after)))
+    return np.stack([row[p:p + before + after] for row, p in zip(padded, p_sample.astype(int), strict=True)])
+
+
+def interferometry_probe(test: dict[str, np.ndarray]) -> dict[str, float]:
+    z = z_after_p(test["waveform"], test["p_sample"], 10, 150)
+    spectrum = np.fft.rfft(z, 2 * z.shape[1], axis=1)
+    autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, LAGS]
+    # Free-surface multiples arrive with the reflection coefficient's sign flipped: -autocorrelation.
+    return retrieval_metrics({"image": station_reflectivity(test["image"]), "waveform": -autocorr},
+                             prefix="interferometry")
+
+
+def linear_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], lam: float = 100.0) -> dict:
+    x, tx = (z_after_p(d["waveform"], d["p_sample"], 30, 150) for d in (train, test))
+    y = station_reflectivity(train["image"])
+    w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ (y - y.mean(0)))
+    return retrieval_metrics({"image": station_reflectivity(test["image"]), "waveform": tx @ w},
+                             prefix="linear")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,11 +154,16 @@ def main() -> None:
     xi, ti = standardise(image_features(train["image"]), image_features(test["image"]))
     xw, tw = standardise(waveform_features(train["waveform"], train["p_sample"]),
                          waveform_features(test["waveform"], test["p_sample"]))
-    result = {"mlp_probe": mlp_probe(xi, xw, ti, tw, args.steps), "ridge_test_corr": {}}
+    result = {"interferometry": interferometry_probe(test), "linear": linear_probe(train, test),
+              "mlp_probe": mlp_probe(xi, xw, ti, tw, args.steps), "ridge_test_corr": {}}
     for label in LABELS:
         y, ty = train[label].astype(np.float64), test[label].astype(np.float64)
         result["ridge_test_corr"][label] = {"from_image": ridge_corr(xi, y, ti, ty),
                                             "from_waveform": ridge_corr(xw, y, tw, ty)}
+    for name in ("interferometry", "linear"):
+        r = result[name]
+        print(f"{name} probe: held-out R@10 img2wav {r[f'{name}/img2wav/R@10']:.3f}, "
+              f"wav2img {r[f'{name}/wav2img/R@10']:.3f}")
     probe = result["mlp_probe"]
     print(f"MLP probe ({args.train_pairs} pairs): held-out R@10 img2wav "
           f"{probe['retrieval/img2wav/R@10']:.3f}, "
