@@ -30,3 +30,12 @@ def test_pick_p_refuses_records_without_an_arrival_and_bad_input():
         pick_p(np.zeros(3001))
     with pytest.raises(ValueError, match="at least"):
         pick_p(np.zeros((100, 3)))
+
+
+def test_pick_p_agrees_with_obspys_ar_picker_on_its_real_example_event():
+    import obspy
+
+    stream = obspy.read()  # BW.RJOB, 3-C, 100 Hz, 30 s: a real local earthquake
+    waveform = np.stack([stream.select(component=c)[0].data for c in "ZNE"], axis=-1).astype(np.float64)
+    # obspy.signal.trigger.ar_pick (AR-AIC, default-style settings) puts P at 4.70 s here.
+    assert abs(pick_p(waveform) - 470) <= 5
