@@ -46,12 +46,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
     args = parser.parse_args()
 
-    from seisfuse.data.pipeline import ArraySource, make_dataset
-    from seisfuse.demo import model_inputs
+    from seisfuse.demo import model_inputs, train_on_pairs
     from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
-    from seisfuse.train.loop import train
-    from seisfuse.train.tasks import make_task
 
     config = demo_config()
     for item in args.overrides:
@@ -64,13 +61,9 @@ def main() -> None:
     config.data.num_examples = args.train_pairs
     train_set = cached_pairs(args.cache, TRAIN_SEED, args.train_pairs)
     heldout = cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS)
-    task = make_task(config)
-    source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
-    data = iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
-                             augment=not args.no_augment, p_window=config.data.get("p_window")))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        state = train(task, config, workdir, data=data)
+        task, state = train_on_pairs(config, train_set, workdir, augment=not args.no_augment)
     seconds = time.perf_counter() - start
     embeddings = Embedder(task, state.params).embed_all(model_inputs(heldout, config.data.get("p_window")))
     m = retrieval_metrics(embeddings)

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from seisfuse import losses  # noqa: E402
+from seisfuse.data.transforms import p_window  # noqa: E402
 from seisfuse.demo import generate_pairs  # noqa: E402
 from seisfuse.eval.metrics import retrieval_metrics  # noqa: E402
 
@@ -103,9 +104,13 @@ def mlp_probe(xi: np.ndarray, xw: np.ndarray, ti: np.ndarray, tw: np.ndarray, st
     return {**held, **{k: v for k, v in seen.items() if k.startswith("train/")}}
 
 
+def ridge_weights(x: np.ndarray, y: np.ndarray, lam: float = 100.0) -> np.ndarray:
+    """Ridge map from x [N, F] to the centred targets y [N(, K)]."""
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ (y - y.mean(0)))
+
+
 def ridge_corr(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, lam: float = 100.0) -> float:
-    w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ (y - y.mean()))
-    return float(np.corrcoef(tx @ w + y.mean(), ty)[0, 1])
+    return float(np.corrcoef(tx @ ridge_weights(x, y, lam) + y.mean(), ty)[0, 1])
 
 
 STATION_TRACE = 112
@@ -120,8 +125,8 @@ def station_reflectivity(images: np.ndarray) -> np.ndarray:
 
 
 def z_after_p(waveforms: np.ndarray, p_sample: np.ndarray, before: int, after: int) -> np.ndarray:
-    padded = np.pad(waveforms[..., 0].astype(np.float64), ((0, 0), (before, after)))
-    return np.stack([row[p:p + before + after] for row, p in zip(padded, p_sample.astype(int), strict=True)])
+    cut = [p_window(w, p, before, before + after)[:, 0] for w, p in zip(waveforms, p_sample, strict=True)]
+    return np.stack(cut).astype(np.float64)
 
 
 def interferometry_probe(test: dict[str, np.ndarray]) -> dict[str, float]:
@@ -135,8 +140,7 @@ def interferometry_probe(test: dict[str, np.ndarray]) -> dict[str, float]:
 
 def linear_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], lam: float = 100.0) -> dict:
     x, tx = (z_after_p(d["waveform"], d["p_sample"], 30, 150) for d in (train, test))
-    y = station_reflectivity(train["image"])
-    w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ (y - y.mean(0)))
+    w = ridge_weights(x, station_reflectivity(train["image"]), lam)
     return retrieval_metrics({"image": station_reflectivity(test["image"]), "waveform": tx @ w},
                              prefix="linear")
 

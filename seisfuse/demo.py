@@ -19,6 +19,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -116,11 +117,8 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     import flax.linen as nn
     import jax
 
-    from seisfuse.data.pipeline import ArraySource, make_dataset
     from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
-    from seisfuse.train.loop import train
-    from seisfuse.train.tasks import make_task
 
     out = Path(out)
     if (out / "checkpoints").exists() or (out / "metrics.json").exists():
@@ -142,11 +140,7 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     heldout = generate_pairs(HELDOUT_SEED, heldout_pairs, workers, "held-out pairs")
     generated = time.perf_counter()
 
-    task = make_task(config)
-    source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
-    data = iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
-                             augment=True, p_window=config.data.get("p_window")))
-    state = train(task, config, out, data=data)  # also writes out/config.json
+    task, state = train_on_pairs(config, train_set, out)  # also writes out/config.json
     trained = time.perf_counter()
 
     untrained_params = jax.jit(lambda key: nn.unbox(task.init_params(key)))(jax.random.key(config.seed))
@@ -166,6 +160,20 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     return metrics
 
 
+def train_on_pairs(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray], workdir: str | Path,
+                   augment: bool = True) -> tuple[Any, Any]:
+    """(task, final train state) of the engine trained on in-memory pairs from `generate_pairs`."""
+    from seisfuse.data.pipeline import ArraySource, make_dataset
+    from seisfuse.train.loop import train
+    from seisfuse.train.tasks import make_task
+
+    task = make_task(config)
+    source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
+    data = iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
+                             augment=augment, p_window=config.data.get("p_window")))
+    return task, train(task, config, workdir, data=data)
+
+
 def model_inputs(pairs: dict[str, np.ndarray], p_window: tuple[int, int] | None) -> dict[str, np.ndarray]:
     """Pairs as the model reads them: with a P window, each waveform cut around its P pick and
     renormalised, as the training pipeline does."""
@@ -174,7 +182,7 @@ def model_inputs(pairs: dict[str, np.ndarray], p_window: tuple[int, int] | None)
     if not p_window:
         return pairs
     before, length = p_window
-    cut = [transforms.normalize_waveform(transforms.p_window(w.astype(np.float32), p, before, length))
+    cut = [transforms.normalized_p_window(w.astype(np.float32), p, before, length)
            for w, p in zip(pairs["waveform"], pairs["p_sample"], strict=True)]
     return {**pairs, "waveform": np.stack(cut)}
 

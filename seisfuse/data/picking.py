@@ -28,10 +28,14 @@ def energy_ratio(trace: np.ndarray, sta: int, lta: int) -> np.ndarray:
 def aic_onset(trace: np.ndarray) -> int:
     """Index k minimising k·log var(x[:k]) + (N−k−1)·log var(x[k:]) (Maeda's AIC picker)."""
     x = np.asarray(trace, np.float64)
-    k = np.arange(2, len(x) - 2)
-    head_var = np.array([x[:i].var() for i in k])
-    tail_var = np.array([x[i:].var() for i in k])
-    aic = k * np.log(head_var + 1e-30) + (len(x) - k - 1) * np.log(tail_var + 1e-30)
+    x = x - x.mean()  # running-sum variances stay accurate on a centred trace
+    n = len(x)
+    k = np.arange(2, n - 2)
+    head_sum, head_sq = np.cumsum(x)[k - 1], np.cumsum(x**2)[k - 1]  # over x[:k]
+    tail_sum, tail_sq = x.sum() - head_sum, (x**2).sum() - head_sq  # over x[k:]
+    head_var = np.maximum(head_sq / k - (head_sum / k) ** 2, 0.0)
+    tail_var = np.maximum(tail_sq / (n - k) - (tail_sum / (n - k)) ** 2, 0.0)
+    aic = k * np.log(head_var + 1e-30) + (n - k - 1) * np.log(tail_var + 1e-30)
     return int(k[np.argmin(aic)])
 
 

@@ -127,10 +127,6 @@ class TaskTransform:
         }
 
 
-def _window_pair(p_window: Sequence[int] | None) -> tuple[int, int] | None:
-    return None if p_window is None else (int(p_window[0]), int(p_window[1]))
-
-
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither (then JAX's process index/count)")
@@ -193,7 +189,8 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed + index)
     ds = ds.repeat(num_epochs)
-    ds = ds.random_map(TaskTransform(task, augment, _window_pair(p_window)), seed=seed + 7919 * index + 1)
+    window = None if p_window is None else (int(p_window[0]), int(p_window[1]))
+    ds = ds.random_map(TaskTransform(task, augment, window), seed=seed + 7919 * index + 1)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:

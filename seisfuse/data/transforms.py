@@ -53,6 +53,11 @@ def p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) ->
     return window(waveform, int(round(float(p_sample))) - before, length)
 
 
+def normalized_p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) -> np.ndarray:
+    """A P-aligned window normalised as SeisLM expects: what a P-window run's tower reads."""
+    return normalize_waveform(p_window(waveform, p_sample, before, length))
+
+
 def random_window(
     waveform: np.ndarray,
     rng: np.random.Generator,

@@ -16,8 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from seisfuse.data.transforms import normalize_waveform, zscore_image
-from seisfuse.data.transforms import p_window as p_window_cut
+from seisfuse.data.transforms import normalize_waveform, normalized_p_window, zscore_image
 from seisfuse.train.config import RUN_CONFIG_FILE as CONFIG_FILE
 
 IMAGE_SUFFIXES = (".npy", ".dat")
@@ -189,7 +188,7 @@ def _p_aligned(waveform: np.ndarray, p_window: Sequence[int], path: Path) -> np.
         pick = pick_p(waveform)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    return normalize_waveform(p_window_cut(waveform, pick, *p_window))
+    return normalized_p_window(waveform, pick, *p_window)
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:
