@@ -167,3 +167,13 @@ def test_paired_p_window_cuts_around_the_pick_after_augmentation(synthetic):
         ex = synthetic[b]
         expected = transforms.normalize_waveform(transforms.p_window(ex["waveform"], ex["p_sample"], 50, 512))
         np.testing.assert_allclose(plain["waveform"][b], expected, atol=1e-6)
+
+
+def test_p_window_keeps_a_missing_s_pick_missing():
+    source = _tagged_source(4)
+    source.arrays["p_sample"] = np.full(4, 1000, np.int32)
+    source.arrays["s_sample"] = np.array([1400, -1, 1600, -1], np.int32)
+    batch = next(iter(make_dataset(source, task="paired", batch_size=4, seed=0, shuffle=False,
+                                   p_window=(50, 512))))
+    assert batch["p_sample"].tolist() == [50, 50, 50, 50]
+    assert batch["s_sample"].tolist() == [450, -1, 650, -1]

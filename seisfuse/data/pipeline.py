@@ -103,7 +103,7 @@ class TaskTransform:
                 ex["waveform"] = transforms.p_window(ex["waveform"], float(ex["p_sample"]), before, length)
                 shift = int(round(float(ex["p_sample"]))) - before
                 for key in ("p_sample", "s_sample"):
-                    if key in ex:
+                    if key in ex and int(ex[key]) >= 0:  # -1 = missing pick, stays missing
                         ex[key] = int(ex[key]) - shift
             out = {
                 "image": transforms.zscore_image(ex["image"]),
