@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,18 @@ def cached_pairs(cache: Path, seed: int, count: int) -> dict[str, np.ndarray]:
     return dict(np.load(path))
 
 
+def with_overrides(config: Any, items: list[str]) -> Any:
+    """config with each KEY=JSON_VALUE item (dotted KEY) set."""
+    for item in items:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = json.loads(value)
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,14 +63,7 @@ def main() -> None:
     from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
 
-    config = demo_config()
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = json.loads(value)
+    config = with_overrides(demo_config(), args.overrides)
     config.data.num_examples = args.train_pairs
     train_set = cached_pairs(args.cache, TRAIN_SEED, args.train_pairs)
     heldout = cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -163,15 +164,21 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
 def train_on_pairs(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray], workdir: str | Path,
                    augment: bool = True) -> tuple[Any, Any]:
     """(task, final train state) of the engine trained on in-memory pairs from `generate_pairs`."""
-    from seisfuse.data.pipeline import ArraySource, make_dataset
     from seisfuse.train.loop import train
     from seisfuse.train.tasks import make_task
 
     task = make_task(config)
+    return task, train(task, config, workdir, data=pair_batches(config, train_set, augment))
+
+
+def pair_batches(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray],
+                 augment: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """The demo's endless stream of training batches: the 'paired' pipeline over in-memory pairs."""
+    from seisfuse.data.pipeline import ArraySource, make_dataset
+
     source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
-    data = iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
+    return iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
                              augment=augment, p_window=config.data.get("p_window")))
-    return task, train(task, config, workdir, data=data)
 
 
 def model_inputs(pairs: dict[str, np.ndarray], p_window: tuple[int, int] | None) -> dict[str, np.ndarray]:
