@@ -8,18 +8,16 @@ with config overrides, on pairs generated once and cached (training: dataset see
     python experiments/align_variant.py total_steps=600 'model.waveform.overrides={"hidden_size":64}'
     python experiments/align_variant.py total_steps=600 --no-augment
 
-Values are JSON; keys are dotted config paths.
+Keys are dotted config paths; values Python literals, as `seisfuse train` overrides.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, demo_config, generate_pairs  # noqa: E402
+from seisfuse.train.config import apply_overrides  # noqa: E402
 
 
 def cached_pairs(cache: Path, seed: int, count: int) -> dict[str, np.ndarray]:
@@ -38,22 +37,10 @@ def cached_pairs(cache: Path, seed: int, count: int) -> dict[str, np.ndarray]:
     return dict(np.load(path))
 
 
-def with_overrides(config: Any, items: list[str]) -> Any:
-    """config with each KEY=JSON_VALUE item (dotted KEY) set."""
-    for item in items:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = json.loads(value)
-    return config
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="KEY=JSON_VALUE, e.g. total_steps=600")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. total_steps=600")
     parser.add_argument("--train-pairs", type=int, default=4096)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
@@ -63,7 +50,7 @@ def main() -> None:
     from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
 
-    config = with_overrides(demo_config(), args.overrides)
+    config = apply_overrides(demo_config(), args.overrides)
     config.data.num_examples = args.train_pairs
     train_set = cached_pairs(args.cache, TRAIN_SEED, args.train_pairs)
     heldout = cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS)

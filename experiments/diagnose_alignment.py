@@ -38,19 +38,16 @@ import optax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from align_variant import cached_pairs, with_overrides  # noqa: E402
+from align_variant import cached_pairs  # noqa: E402
 
 from seisfuse.data.synthetic import STATION  # noqa: E402
 from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, demo_config, model_inputs, pair_batches  # noqa: E402
 from seisfuse.eval.metrics import retrieval_metrics  # noqa: E402
 from seisfuse.losses import clip_loss  # noqa: E402
-from seisfuse.models.joint import Tower  # noqa: E402
+from seisfuse.models.joint import Tower, unit_vectors  # noqa: E402
+from seisfuse.train.config import apply_overrides  # noqa: E402
 from seisfuse.train.optim import optimizer_from_config  # noqa: E402
 from seisfuse.train.tasks import make_task  # noqa: E402
-
-
-def unit(z: jax.Array) -> jax.Array:
-    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
 class StationTraceOracle(nn.Module):
@@ -61,7 +58,7 @@ class StationTraceOracle(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         trace = images[:, :, STATION - 8:STATION + 8, 0].mean(axis=-1)  # a left-right flip keeps it
-        return unit(nn.Dense(self.embed_dim, use_bias=False)(trace))
+        return unit_vectors(nn.Dense(self.embed_dim, use_bias=False)(trace))
 
 
 class ReverberationOracle(nn.Module):
@@ -74,13 +71,13 @@ class ReverberationOracle(nn.Module):
     def __call__(self, waveforms: jax.Array) -> jax.Array:
         z = waveforms[:, self.before - 10:self.before + 150, 0]
         lags = jnp.fft.irfft(jnp.abs(jnp.fft.rfft(z, 512, axis=1)) ** 2, axis=1)[:, :200]
-        return unit(nn.Dense(self.embed_dim, use_bias=False)(lags / (lags[:, :1] + 1e-6)))
+        return unit_vectors(nn.Dense(self.embed_dim, use_bias=False)(lags / (lags[:, :1] + 1e-6)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="KEY=JSON_VALUE config overrides, as align_variant.py")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, as align_variant.py")
     parser.add_argument("--pair", default="oracle/oracle",
                         choices=["oracle/oracle", "tower/oracle", "oracle/tower"])
     parser.add_argument("--steps", type=int, default=1200)
@@ -88,7 +85,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
     args = parser.parse_args()
 
-    config = with_overrides(demo_config(), args.overrides)
+    config = apply_overrides(demo_config(), args.overrides)
     config.total_steps = args.steps
     if args.lr is not None:
         config.optimizer.lr = args.lr

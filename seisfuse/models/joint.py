@@ -290,8 +290,12 @@ class Tower(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pooled = TOWER_KINDS[self.cfg.kind](self.cfg, name="backbone")(x)
-        z = Head(self.embed_dim, self.head, name="head")(pooled.astype(jnp.float32))
-        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        return unit_vectors(Head(self.embed_dim, self.head, name="head")(pooled.astype(jnp.float32)))
+
+
+def unit_vectors(z: jax.Array) -> jax.Array:
+    """z / ‖z‖ along the last axis: the shared space's L2 normalisation."""
+    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
 class JointEmbedding(nn.Module):

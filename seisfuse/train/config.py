@@ -52,7 +52,11 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     module_spec = importlib.util.spec_from_file_location(f"seisfuse_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
+    return apply_overrides(module.get_config(arg) if arg else module.get_config(), overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """config with each 'a.b=value' set (value a Python literal, else a string); unknown keys raise."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
