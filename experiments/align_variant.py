@@ -1,12 +1,15 @@
 """Train one variant of the demo's alignment recipe and print its held-out retrieval.
 
-The sweep behind the README's "what was tried" list: the demo's recipe (`seisfuse.demo.demo_config`)
-with config overrides, on pairs generated once and cached (training: dataset seed 0, held-out:
-256 pairs of seed 1, exactly the demo's), so variants differ only in what the overrides change.
+The sweep behind the README's "what was tried" list: the demo's recipe (configs/align.py:tiny,
+i.e. `seisfuse.demo.demo_config`, or that file's tiny-mel) with config overrides, on pairs
+generated once and cached (training: dataset seed 0, held-out: 256 pairs of seed 1, exactly the
+demo's), so variants differ only in what the overrides change.
 
     python experiments/align_variant.py total_steps=600
     python experiments/align_variant.py total_steps=600 'model.waveform.overrides={"hidden_size":64}'
     python experiments/align_variant.py total_steps=600 --no-augment
+    python experiments/align_variant.py --variant tiny-mel      # configs/align.py:tiny-mel (Mel-SFM)
+    python experiments/align_variant.py --eval-train 256        # also R@10 on 256 training pairs
 
 Keys are dotted config paths; values Python literals, as `seisfuse train` overrides.
 """
@@ -24,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, demo_config, generate_pairs  # noqa: E402
-from seisfuse.train.config import apply_overrides  # noqa: E402
+from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, generate_pairs  # noqa: E402
+from seisfuse.train.config import load_config  # noqa: E402
 
 
 def cached_pairs(cache: Path, seed: int, count: int) -> dict[str, np.ndarray]:
@@ -43,6 +46,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. total_steps=600")
     parser.add_argument("--train-pairs", type=int, default=4096)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--variant", default="tiny", help="configs/align.py variant (tiny or tiny-mel)")
+    parser.add_argument("--eval-train", type=int, default=0, metavar="N",
+                        help="also report R@10 on the first N training pairs (over-fitting check)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
     args = parser.parse_args()
 
@@ -50,7 +56,7 @@ def main() -> None:
     from seisfuse.eval.embed import Embedder
     from seisfuse.eval.metrics import retrieval_metrics
 
-    config = apply_overrides(demo_config(), args.overrides)
+    config = load_config(f"{ROOT / 'configs' / 'align.py'}:{args.variant}", args.overrides)
     config.data.num_examples = args.train_pairs
     train_set = cached_pairs(args.cache, TRAIN_SEED, args.train_pairs)
     heldout = cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS)
@@ -58,11 +64,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         task, state = train_on_pairs(config, train_set, workdir, augment=not args.no_augment)
     seconds = time.perf_counter() - start
-    embeddings = Embedder(task, state.params).embed_all(model_inputs(heldout, config.data.get("p_window")))
-    m = retrieval_metrics(embeddings)
-    print(f"{' '.join(args.overrides) or 'demo recipe'}{' --no-augment' if args.no_augment else ''}: "
-          f"R@10 img2wav {m['retrieval/img2wav/R@10']:.3f} wav2img {m['retrieval/wav2img/R@10']:.3f} "
-          f"(chance {m['chance/R@10']:.3f}), train {seconds:.0f} s")
+    embedder = Embedder(task, state.params)
+    sets = {"held-out": heldout}
+    if args.eval_train:
+        sets[f"first {args.eval_train} training pairs"] = {k: v[:args.eval_train]
+                                                           for k, v in train_set.items()}
+    for name, pairs in sets.items():
+        m = retrieval_metrics(embedder.embed_all(model_inputs(pairs, config.data.get("p_window"))))
+        print(f"{args.variant} {' '.join(args.overrides)}{' --no-augment' if args.no_augment else ''}, "
+              f"{name}: R@10 img2wav {m['retrieval/img2wav/R@10']:.3f} "
+              f"wav2img {m['retrieval/wav2img/R@10']:.3f} (chance {m['chance/R@10']:.3f}), "
+              f"train {seconds:.0f} s")
 
 
 if __name__ == "__main__":
