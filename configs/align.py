@@ -9,7 +9,8 @@ image goes to a second SFM tower instead of SeisLM).
 
 Choices (all overridable): loss clip | siglip; per tower trainable all | none | last:K,
 pooling cls | mean (SFM), weights = a `seisfuse convert` directory or "" (scratch); mesh;
-data.p_window = [samples before P, length] (tiny: [50, 512]) or None for whole 3001-sample records.
+data.p_window = [samples before P, length] (tiny: [50, 512]) or None for whole 3001-sample records;
+data.augment = True | False (the pair-consistent augmentation of seisfuse.data.transforms).
 """
 
 from seisfuse.demo import demo_config
@@ -58,7 +59,8 @@ def _accelerator_config(sfm: str, seislm: str):
     c.total_steps = 20_000
     c.optimizer.lr, c.optimizer.warmup_steps = 3e-4, 1000
     c.optimizer.weight_decay, c.optimizer.b2, c.optimizer.clip_norm = 1e-4, 0.95, 1.0
-    c.data = {"source": "synthetic", "num_examples": 1_000_000, "dataset_seed": 0, "num_workers": 8}
+    c.data = {"source": "synthetic", "num_examples": 1_000_000, "dataset_seed": 0, "num_workers": 8,
+              "augment": True}
     c.log_every, c.checkpoint_every = 50, 1000
     if sfm == "large":
         c.mesh.data, c.mesh.fsdp = 1, -1  # shard every weight over all devices

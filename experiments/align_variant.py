@@ -7,7 +7,7 @@ demo's), so variants differ only in what the overrides change.
 
     python experiments/align_variant.py total_steps=600
     python experiments/align_variant.py total_steps=600 'model.waveform.overrides={"hidden_size":64}'
-    python experiments/align_variant.py total_steps=600 --no-augment
+    python experiments/align_variant.py total_steps=600 data.augment=False
     python experiments/align_variant.py --variant tiny-mel      # configs/align.py:tiny-mel (Mel-SFM)
     python experiments/align_variant.py --eval-train 256        # also R@10 on 256 training pairs
 
@@ -45,7 +45,6 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. total_steps=600")
     parser.add_argument("--train-pairs", type=int, default=4096)
-    parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--variant", default="tiny", help="configs/align.py variant (tiny or tiny-mel)")
     parser.add_argument("--eval-train", type=int, default=0, metavar="N",
                         help="also report R@10 on the first N training pairs (over-fitting check)")
@@ -62,7 +61,7 @@ def main() -> None:
     heldout = cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        task, state = train_on_pairs(config, train_set, workdir, augment=not args.no_augment)
+        task, state = train_on_pairs(config, train_set, workdir)
     seconds = time.perf_counter() - start
     embedder = Embedder(task, state.params)
     sets = {"held-out": heldout}
@@ -71,7 +70,7 @@ def main() -> None:
                                                            for k, v in train_set.items()}
     for name, pairs in sets.items():
         m = retrieval_metrics(embedder.embed_all(model_inputs(pairs, config.data.get("p_window"))))
-        print(f"{args.variant} {' '.join(args.overrides)}{' --no-augment' if args.no_augment else ''}, "
+        print(f"{args.variant} {' '.join(args.overrides)}, "
               f"{name}: R@10 img2wav {m['retrieval/img2wav/R@10']:.3f} "
               f"wav2img {m['retrieval/wav2img/R@10']:.3f} (chance {m['chance/R@10']:.3f}), "
               f"train {seconds:.0f} s")

@@ -19,7 +19,7 @@ demo's cached pairs (align_variant.py's cache). Runs, by --pair IMAGE/WAVEFORM:
 
     python experiments/diagnose_alignment.py --pair oracle/oracle --steps 1200 --lr 0.01
     python experiments/diagnose_alignment.py --pair oracle/tower 'model.waveform.overrides={...}'
-    python experiments/diagnose_alignment.py --pair oracle/tower --no-augment   # no polarity flips
+    python experiments/diagnose_alignment.py --pair oracle/tower data.augment=False  # no polarity flips
 """
 
 from __future__ import annotations
@@ -83,8 +83,6 @@ def main() -> None:
                         choices=["oracle/oracle", "tower/oracle", "oracle/tower"])
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo's)")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="train without the pair augmentation (its polarity flips above all)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
     args = parser.parse_args()
 
@@ -104,7 +102,7 @@ def main() -> None:
     }
     train_set = cached_pairs(args.cache, TRAIN_SEED, config.data.num_examples)
     heldout = model_inputs(cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS), config.data.p_window)
-    batches = pair_batches(config, train_set, augment=not args.no_augment)
+    batches = pair_batches(config, train_set)
 
     first = next(batches)
     keys = jax.random.split(jax.random.key(config.seed))
@@ -137,8 +135,7 @@ def main() -> None:
     embeddings = {m: np.asarray(jax.jit(model.apply)(params[m], jnp.asarray(heldout[m], jnp.float32)))
                   for m, model in models.items()}
     r = retrieval_metrics(embeddings)
-    print(f"{args.pair} {' '.join(args.overrides)}{' --no-augment' if args.no_augment else ''}, "
-          f"{config.total_steps} steps, "
+    print(f"{args.pair} {' '.join(args.overrides)}, {config.total_steps} steps, "
           f"lr {config.optimizer.lr:g}: held-out R@10 "
           f"img2wav {r['retrieval/img2wav/R@10']:.3f} wav2img {r['retrieval/wav2img/R@10']:.3f} "
           f"(chance {r['chance/R@10']:.3f}), train {seconds:.0f} s")

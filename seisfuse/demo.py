@@ -62,7 +62,7 @@ def demo_config() -> ml_collections.ConfigDict:
     c.total_steps = 1200
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 20, 1e-4
     c.data = {"source": "synthetic", "num_examples": TRAIN_PAIRS, "dataset_seed": TRAIN_SEED,
-              "num_workers": 0, "p_window": [50, 512]}
+              "num_workers": 0, "p_window": [50, 512], "augment": True}
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 10, 10_000, 1
     c.wandb.mode, c.tensorboard = "disabled", False
     return c
@@ -161,24 +161,26 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     return metrics
 
 
-def train_on_pairs(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray], workdir: str | Path,
-                   augment: bool = True) -> tuple[Any, Any]:
+def train_on_pairs(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray],
+                   workdir: str | Path) -> tuple[Any, Any]:
     """(task, final train state) of the engine trained on in-memory pairs from `generate_pairs`."""
     from seisfuse.train.loop import train
     from seisfuse.train.tasks import make_task
 
     task = make_task(config)
-    return task, train(task, config, workdir, data=pair_batches(config, train_set, augment))
+    return task, train(task, config, workdir, data=pair_batches(config, train_set))
 
 
-def pair_batches(config: ml_collections.ConfigDict, train_set: dict[str, np.ndarray],
-                 augment: bool = True) -> Iterator[dict[str, np.ndarray]]:
-    """The demo's endless stream of training batches: the 'paired' pipeline over in-memory pairs."""
+def pair_batches(config: ml_collections.ConfigDict,
+                 train_set: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """The demo's endless stream of training batches: the 'paired' pipeline over in-memory pairs,
+    augmented and P-windowed as config.data says (as the engine's own synthetic pipeline)."""
     from seisfuse.data.pipeline import ArraySource, make_dataset
 
     source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
     return iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
-                             augment=augment, p_window=config.data.get("p_window")))
+                             augment=bool(config.data.get("augment", False)),
+                             p_window=config.data.get("p_window")))
 
 
 def model_inputs(pairs: dict[str, np.ndarray], p_window: tuple[int, int] | None) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from seisfuse.convert import save_converted
+from seisfuse.data.pipeline import SyntheticSource, make_dataset
 from seisfuse.data.spectrogram import mel_image
 from seisfuse.models.joint import (
     JointConfig,
@@ -25,7 +26,7 @@ from seisfuse.models.joint import (
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from seisfuse.train.config import load_config
-from seisfuse.train.loop import RandomBatches, Trainer
+from seisfuse.train.loop import RandomBatches, Trainer, make_data
 from seisfuse.train.tasks import AlignTask, make_task
 
 SMALL_SFM = {"img_size": 32, "patch_size": 8}
@@ -287,6 +288,21 @@ def test_align_config_variants_build_their_task(variant):
     assert frozen.flops_per_example() < task.flops_per_example() / 2
     with pytest.raises(ValueError, match="unknown variant"):
         load_config("configs/align.py:huge")
+
+
+def test_engine_augments_the_synthetic_pairs_as_the_demo_unless_data_augment_is_false():
+    """`seisfuse train --config configs/align.py:tiny` trains the demo's recipe, augmentation included."""
+    waveforms = {}
+    for overrides in ([], ["data.augment=False"]):
+        config = load_config("configs/align.py:tiny", ["batch_size=4", "data.num_examples=8", *overrides])
+        task = make_task(config)
+        batch = next(make_data(task, config, Trainer(task, config)))
+        augment = not overrides
+        expected = next(iter(make_dataset(SyntheticSource(8, seed=0), task="paired", batch_size=4,
+                                          seed=config.seed, augment=augment, p_window=(50, 512))))
+        np.testing.assert_array_equal(batch["waveform"], expected["waveform"])
+        waveforms[augment] = batch["waveform"]
+    assert not np.array_equal(waveforms[True], waveforms[False])
 
 
 def test_p_window_sets_the_waveform_length_and_is_refused_by_the_mel_tower():

@@ -161,7 +161,8 @@ class Trainer:
 
 def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
     """The host-local raw-batch iterator the config names: 'random' arrays or the 'synthetic'
-    physics-paired grain pipeline (sharded by process, state saved with checkpoints)."""
+    physics-paired grain pipeline (sharded by process, state saved with checkpoints), with the
+    pipeline's augmentation where data.augment is true."""
     source = config["data"]["source"]
     if source == "random":
         return RandomBatches(task, trainer.local_batch, config["seed"], trainer.first_example)
@@ -171,7 +172,8 @@ def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
         data = config["data"]
         dataset = make_dataset(SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0)),
                                task=task.data_task, batch_size=trainer.local_batch, seed=config["seed"],
-                               num_workers=data.get("num_workers", 0), p_window=data.get("p_window"))
+                               num_workers=data.get("num_workers", 0), p_window=data.get("p_window"),
+                               augment=bool(data.get("augment", False)))
         return iter(dataset)
     raise ValueError(f"unknown data source {source!r}: 'random' or 'synthetic'")
 
