@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from seisfuse import losses  # noqa: E402
+from seisfuse.data.synthetic import STATION  # noqa: E402
 from seisfuse.data.transforms import p_window  # noqa: E402
 from seisfuse.demo import generate_pairs  # noqa: E402
 from seisfuse.eval.metrics import retrieval_metrics  # noqa: E402
@@ -113,13 +114,12 @@ def ridge_corr(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, lam
     return float(np.corrcoef(tx @ ridge_weights(x, y, lam) + y.mean(), ty)[0, 1])
 
 
-STATION_TRACE = 112
 LAGS = np.arange(8, 135)  # 10 ms samples: 0.08 s to the section's 1.34 s of two-way time
 
 
 def station_reflectivity(images: np.ndarray) -> np.ndarray:
     """The station's image trace, resampled from 6 ms rows to the waveform's 10 ms lags."""
-    column = images[..., 0].astype(np.float64)[:, :, STATION_TRACE]
+    column = images[..., 0].astype(np.float64)[:, :, STATION]
     rows = np.arange(column.shape[1])
     return np.stack([np.interp(LAGS * 10.0 / 6.0, rows, c) for c in column])
 

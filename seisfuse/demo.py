@@ -174,13 +174,12 @@ def train_on_pairs(config: ml_collections.ConfigDict, train_set: dict[str, np.nd
 def pair_batches(config: ml_collections.ConfigDict,
                  train_set: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """The demo's endless stream of training batches: the 'paired' pipeline over in-memory pairs,
-    augmented and P-windowed as config.data says (as the engine's own synthetic pipeline)."""
-    from seisfuse.data.pipeline import ArraySource, make_dataset
+    built from config.data as the engine builds its synthetic one."""
+    from seisfuse.data.pipeline import ArraySource
+    from seisfuse.train.loop import config_pipeline
 
     source = ArraySource(**{k: v for k, v in train_set.items() if k != "has_salt"})
-    return iter(make_dataset(source, task="paired", batch_size=config.batch_size, seed=config.seed,
-                             augment=bool(config.data.get("augment", False)),
-                             p_window=config.data.get("p_window")))
+    return iter(config_pipeline(source, "paired", config, config.batch_size))
 
 
 def model_inputs(pairs: dict[str, np.ndarray], p_window: tuple[int, int] | None) -> dict[str, np.ndarray]:

@@ -161,21 +161,28 @@ class Trainer:
 
 def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
     """The host-local raw-batch iterator the config names: 'random' arrays or the 'synthetic'
-    physics-paired grain pipeline (sharded by process, state saved with checkpoints), with the
-    pipeline's augmentation where data.augment is true."""
+    physics-paired grain pipeline (sharded by process, state saved with checkpoints)."""
     source = config["data"]["source"]
     if source == "random":
         return RandomBatches(task, trainer.local_batch, config["seed"], trainer.first_example)
     if source == "synthetic":
-        from seisfuse.data.pipeline import SyntheticSource, make_dataset
+        from seisfuse.data.pipeline import SyntheticSource
 
         data = config["data"]
-        dataset = make_dataset(SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0)),
-                               task=task.data_task, batch_size=trainer.local_batch, seed=config["seed"],
-                               num_workers=data.get("num_workers", 0), p_window=data.get("p_window"),
-                               augment=bool(data.get("augment", False)))
-        return iter(dataset)
+        synthetic = SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0))
+        return iter(config_pipeline(synthetic, task.data_task, config, trainer.local_batch))
     raise ValueError(f"unknown data source {source!r}: 'random' or 'synthetic'")
+
+
+def config_pipeline(source: Any, data_task: str, config: Mapping[str, Any], batch_size: int) -> Any:
+    """The grain pipeline over `source` that config.data asks for (workers, P window, augmentation):
+    one reading of those keys for the engine's synthetic data and the demo's in-memory pairs."""
+    from seisfuse.data.pipeline import make_dataset
+
+    data = config["data"]
+    return make_dataset(source, task=data_task, batch_size=batch_size, seed=config["seed"],
+                        num_workers=data.get("num_workers", 0), p_window=data.get("p_window"),
+                        augment=bool(data.get("augment", False)))
 
 
 def train(task: Task, config: Mapping[str, Any], workdir: str | Path, *, resume: bool = False,
