@@ -7,10 +7,12 @@ image goes to a second SFM tower instead of SeisLM).
         --model.image.weights=converted/sfm-base --model.waveform.weights=converted/seislm-base \
         --model.image.trainable=none --model.waveform.trainable=none    # LiT-style: heads only
 
-Choices (all overridable): loss clip | siglip; per tower trainable all | none | last:K,
-pooling cls | mean (SFM), weights = a `seisfuse convert` directory or "" (scratch); mesh;
-data.p_window = [samples before P, length] (tiny: [50, 512]) or None for whole 3001-sample records;
-data.augment = True | False (the pair-consistent augmentation of seisfuse.data.transforms).
+Choices (all overridable): loss clip | siglip; model.logit_scale_init (default: the loss's, CLIP
+log(1/0.07), SigLIP log 10; tiny: 1.0); per tower trainable all | none | last:K, pooling
+cls (SFM only) | mean | flatten (tiny: flatten), weights = a `seisfuse convert` directory or ""
+(scratch); mesh; data.p_window = [samples before P, length] (tiny: [10, 160]) or None for whole
+3001-sample records; data.augment = True | False (the pair-consistent augmentation of
+seisfuse.data.transforms).
 """
 
 from seisfuse.demo import demo_config
@@ -49,6 +51,7 @@ def _accelerator_config(sfm: str, seislm: str):
         "dtype": "bfloat16",  # bf16 compute, float32 master weights
         "embed_dim": 512,
         "head": "linear",
+        "logit_scale_init": None,  # the loss's own
         "modalities": ["image", "waveform"],
         "image": {"kind": "sfm", "preset": sfm, "pooling": "cls", "trainable": "all", "weights": "",
                   "overrides": {}},

@@ -35,9 +35,13 @@ def demo_config() -> ml_collections.ConfigDict:
 
     CLIP rather than SigLIP at batch 32: SigLIP's bias starts at −10 for batches of thousands and
     took several times more steps to leave chance on a learnable control (tests/test_joint_train.py).
-    Waveforms are cut to 5.12 s from 0.5 s before P (data.p_window): the site's reverberations,
-    the physics the image shares, then sit at fixed frames; at 600 steps this lifted held-out R@10
-    from 0.11 to 0.18 (README, "seisfuse demo"). 1200 steps keep the whole demo near 6 minutes.
+    What the pair shares is a set of times (the station column's reflector times, the delays of
+    the site's reverberations), so: waveforms are cut to 1.6 s from 0.1 s before P, first motion
+    up (data.p_window; S rarely falls inside), and both towers pool by 'flatten', which keeps every
+    token in place where a mean forgets when things happen. The flattened features of two random
+    towers differ a lot, so CLIP's initial temperature (1/0.07) first taught them to collapse to
+    one point (loss stuck at log 32); logit_scale_init = 1 (scale e) starts at log 32 and learns.
+    1800 steps keep the whole demo near 8 minutes. README, "seisfuse demo", has the measurements.
     """
     from seisfuse.train.config import loop_defaults
 
@@ -49,20 +53,20 @@ def demo_config() -> ml_collections.ConfigDict:
         "dtype": "float32",
         "embed_dim": 64,
         "head": "linear",
+        "logit_scale_init": 1.0,
         "modalities": ["image", "waveform"],
-        "image": {"kind": "sfm", "preset": "tiny", "pooling": "mean", "trainable": "all", "weights": "",
+        "image": {"kind": "sfm", "preset": "tiny", "pooling": "flatten", "trainable": "all", "weights": "",
                   "overrides": {}},
-        # Strides 4·4 give 32 frames per P window (187 per whole record, against 749) and a 32-tap
-        # positional conv: ~8x cheaper on a CPU.
-        "waveform": {"kind": "seislm", "preset": "tiny", "pooling": "mean", "trainable": "all",
+        # Strides 4·4 give 10 frames per P window and a 32-tap positional conv: cheap on a CPU.
+        "waveform": {"kind": "seislm", "preset": "tiny", "pooling": "flatten", "trainable": "all",
                      "weights": "", "overrides": {"conv_kernel": [4, 4], "conv_stride": [4, 4],
                                                   "num_conv_pos_embeddings": 32}},
     }
     c.batch_size = 32
-    c.total_steps = 1200
+    c.total_steps = 1800
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 20, 1e-4
     c.data = {"source": "synthetic", "num_examples": TRAIN_PAIRS, "dataset_seed": TRAIN_SEED,
-              "num_workers": 0, "p_window": [50, 512], "augment": True}
+              "num_workers": 0, "p_window": [10, 160], "augment": True}
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 10, 10_000, 1
     c.wandb.mode, c.tensorboard = "disabled", False
     return c

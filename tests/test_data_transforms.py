@@ -108,3 +108,19 @@ def test_p_window_puts_the_pick_at_a_fixed_sample_and_pads_outside_the_record():
             tf.p_window(w, bad, before=50, length=512)
     with pytest.raises(ValueError, match="before < length"):
         tf.p_window(w, 1200, before=512, length=512)
+
+
+def test_p_windows_point_the_first_motion_up_whatever_the_source_polarity():
+    w = np.zeros((3001, 3), np.float32)
+    w[1198:1202, 0] = [0.1, -1.0, -0.3, 0.2]  # a downward first swing at the pick (1200 ± 2)
+    w[1260, 0], w[1230, 1] = 0.4, 0.5  # a later reverberation and a horizontal arrival
+    cut = tf.p_window(w, 1200, before=50, length=512)
+    np.testing.assert_array_equal(cut, -tf.window(w, 1150, 512))  # flipped: first motion now up
+    assert cut[49, 0] == 1.0 and cut[110, 0] == -0.4  # the reverberation keeps its relative sign
+    np.testing.assert_array_equal(tf.p_window(-w, 1200, before=50, length=512), cut)
+    np.testing.assert_array_equal(tf.normalized_p_window(-w, 1200, 50, 512),
+                                  tf.normalized_p_window(w, 1200, 50, 512))
+    # A swing outside FIRST_MOTION (here 30 samples after the pick) does not decide the sign.
+    late = np.zeros_like(w)
+    late[1201, 0], late[1230, 0] = 0.2, -5.0
+    assert tf.p_window(late, 1200, before=50, length=512)[51, 0] == 0.2

@@ -22,6 +22,7 @@ from seisfuse.models.joint import (
     TowerConfig,
     param_labels,
     parse_trainable,
+    pooled_width,
 )
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
@@ -68,28 +69,51 @@ def test_embeddings_are_unit_vectors_of_the_shared_dimension(model_and_params):
         apply({"params": params}, {"text": np.zeros((1, 4))})
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def init_params(cfg: JointConfig) -> dict:
+    model = JointEmbedding(cfg)
+    return jax.jit(lambda key: nn.unbox(model.init(key, inputs(1))["params"]))(jax.random.key(0))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "flatten"])
 def test_image_tower_pools_the_sfm_encoder(model_and_params, pooling):
-    _, _, params = model_and_params
     cfg = small_cfg(pooling)
+    params = model_and_params[2] if pooling != "flatten" else init_params(cfg)
     x = inputs()["image"]
     z = JointEmbedding(cfg).apply({"params": params}, {"image": x})["image"]
     backbone = cfg.tower("image").backbone
     latent, _, _ = MaskedAutoencoder(backbone).apply({"params": params["image"]["backbone"]["encoder"]}, x,
                                                      method=MaskedAutoencoder.encode)
-    pooled = latent[:, 0] if pooling == "cls" else latent[:, 1:].mean(axis=1)
+    pooled = {"cls": latent[:, 0], "mean": latent[:, 1:].mean(axis=1),
+              "flatten": latent[:, 1:].reshape(3, -1)}[pooling]  # flatten: 16 patches x 64, in order
+    assert pooled.shape[1] == pooled_width(cfg.tower("image"), 0) == (1024 if pooling == "flatten" else 64)
     projected = pooled @ params["image"]["head"]["proj"]["kernel"]
     np.testing.assert_allclose(z, projected / np.linalg.norm(projected, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_waveform_tower_means_the_seislm_hidden_states(model_and_params):
-    cfg, model, params = model_and_params
+@pytest.mark.parametrize("pooling", ["mean", "flatten"])
+def test_waveform_tower_pools_the_seislm_hidden_states(model_and_params, pooling):
+    cfg = JointConfig((small_cfg().towers[0],
+                       TowerConfig.from_preset("waveform", "seislm", "tiny", pooling, **SMALL_WAV)),
+                      embed_dim=16)
+    params = model_and_params[2] if pooling == "mean" else init_params(cfg)
     x = inputs()["waveform"]
-    z = model.apply({"params": params}, {"waveform": x})["waveform"]
+    z = JointEmbedding(cfg).apply({"params": params}, {"waveform": x})["waveform"]
     hidden = Wav2Vec2ForPreTraining(cfg.tower("waveform").backbone).apply(
         {"params": params["waveform"]["backbone"]["encoder"]}, x, method=Wav2Vec2ForPreTraining.encode)
-    projected = hidden.mean(axis=1) @ params["waveform"]["head"]["proj"]["kernel"]
+    assert hidden.shape == (3, 25, 32)  # 400 samples -> 100 -> 25 frames (kernels and strides 4)
+    pooled = hidden.mean(axis=1) if pooling == "mean" else hidden.reshape(3, -1)
+    assert pooled.shape[1] == pooled_width(cfg.tower("waveform"), 400)
+    projected = pooled @ params["waveform"]["head"]["proj"]["kernel"]
     np.testing.assert_allclose(z, projected / np.linalg.norm(projected, axis=1, keepdims=True), atol=1e-5)
+    if pooling == "flatten":  # flattened frames fix the input length
+        with pytest.raises(ValueError, match="head takes 800 pooled features, got 384"):
+            JointEmbedding(cfg).apply({"params": params}, {"waveform": x[:, :200]})
+
+
+def test_mlp_head_is_as_wide_as_the_tower_whatever_the_pooling():
+    cfg = small_cfg("flatten", head="mlp")
+    head = init_params(cfg)["image"]["head"]
+    assert head["hidden"]["kernel"].shape == (1024, 64) and head["proj"]["kernel"].shape == (64, 16)
 
 
 def test_mel_tower_is_sfm_on_the_mel_image():
@@ -299,19 +323,31 @@ def test_engine_augments_the_synthetic_pairs_as_the_demo_unless_data_augment_is_
         batch = next(make_data(task, config, Trainer(task, config)))
         augment = not overrides
         expected = next(iter(make_dataset(SyntheticSource(8, seed=0), task="paired", batch_size=4,
-                                          seed=config.seed, augment=augment, p_window=(50, 512))))
+                                          seed=config.seed, augment=augment, p_window=(10, 160))))
         np.testing.assert_array_equal(batch["waveform"], expected["waveform"])
         waveforms[augment] = batch["waveform"]
     assert not np.array_equal(waveforms[True], waveforms[False])
 
 
 def test_p_window_sets_the_waveform_length_and_is_refused_by_the_mel_tower():
-    assert make_task(load_config("configs/align.py:tiny")).num_samples == 512  # data.p_window [50, 512]
+    assert make_task(load_config("configs/align.py:tiny")).num_samples == 160  # data.p_window [10, 160]
     assert make_task(load_config("configs/align.py:tiny-mel")).num_samples == 3001
     mel = load_config("configs/align.py:tiny-mel")
     mel.data.p_window = [50, 512]
     with pytest.raises(ValueError, match="mel-sfm tower .* whole 3001-sample records"):
         make_task(mel)
+
+
+def test_model_logit_scale_init_sets_the_learnable_temperature_and_defaults_to_the_loss():
+    def task(variant: str, *overrides: str) -> AlignTask:
+        return make_task(load_config(f"configs/align.py:{variant}", list(overrides)))
+
+    tiny = task("tiny", "model.logit_scale_init=2.5")
+    assert float(nn.unbox(tiny.init_params(jax.random.key(0)))["logit_scale"]) == pytest.approx(2.5)
+    assert task("tiny").cfg.logit_scale_init == 1.0  # the demo's: see demo_config
+    assert task("base").cfg.logit_scale_init == pytest.approx(np.log(10.0))  # SigLIP's t' = log 10
+    assert task("base", "loss='clip'").cfg.logit_scale_init == pytest.approx(np.log(1 / 0.07))
+    assert task("base", "model.logit_scale_init=2.0").cfg.logit_scale_init == 2.0
 
 
 def test_unknown_loss_is_named():

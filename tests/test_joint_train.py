@@ -52,6 +52,9 @@ def test_alignment_learns_shared_information_far_above_chance(tmp_path):
     config.model.image.overrides = {"img_size": 32, "patch_size": 8}
     config.model.waveform.overrides = {"conv_kernel": [4, 4], "conv_stride": [4, 4],
                                        "num_conv_pos_embeddings": 16}
+    # The shared number is a frequency under random phases: a job for mean pooling (the demo's
+    # 'flatten' keeps positions, which this control randomises).
+    config.model.image.pooling = config.model.waveform.pooling = "mean"
     task = make_task(config)
     state = train(task, config, tmp_path, data=PairStream(config.batch_size))
     heldout = shared_frequency_pairs(np.random.default_rng(123), 64)

@@ -11,6 +11,7 @@ import numpy as np
 
 WINDOW = 3001
 PICK_SIGMA = 20.0  # samples, SeisLM's phase-picking labels
+FIRST_MOTION = (5, 20)  # samples before and after a P pick that hold the direct P's first swing
 
 
 def zscore_image(image: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -41,16 +42,33 @@ def window(waveform: np.ndarray, start: int, length: int = WINDOW) -> np.ndarray
 
 
 def p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) -> np.ndarray:
-    """The `length` samples of [T, C] that start `before` samples ahead of the P pick.
+    """The `length` samples of [T, C] that start `before` samples ahead of the P pick, first motion up.
 
     Aligning on P puts the onset and the P coda (the site's reverberations) at fixed positions, as
     pick-centred windows do in SeisBench-style training; zero-padded where it leaves the record.
+    The sign is set by `first_motion_up`, so the window does not depend on the source's polarity.
     """
     if p_sample is None or not np.isfinite(p_sample) or p_sample < 0:
         raise ValueError(f"a P-aligned window needs a P pick (sample index >= 0), got {p_sample!r}")
     if not 0 <= before < length:
         raise ValueError(f"need 0 <= before < length, got before={before}, length={length}")
-    return window(waveform, int(round(float(p_sample))) - before, length)
+    return first_motion_up(window(waveform, int(round(float(p_sample))) - before, length), before)
+
+
+def first_motion_up(waveform: np.ndarray, onset: int) -> np.ndarray:
+    """[T, C] times the sign of its largest vertical (channel 0) excursion in FIRST_MOTION around
+    sample `onset`: the direct P then points up, whatever the source mechanism.
+
+    A source's polarity flips the whole record, direct P and its reverberations alike; their
+    relative signs are what the site shares with the image. Flipping every window to a positive
+    first motion keeps those relative signs and leaves a read-out linear in the samples, where
+    learning polarity invariance would need products of samples (an autocorrelation).
+    """
+    lo, hi = FIRST_MOTION
+    z = waveform[max(onset - lo, 0):onset + hi, 0]
+    if z.size and z[np.argmax(np.abs(z))] < 0:
+        return -waveform
+    return waveform
 
 
 def normalized_p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) -> np.ndarray:

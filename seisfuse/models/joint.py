@@ -3,7 +3,7 @@
 A `JointConfig` names its modalities and the tower that encodes each ("sfm": SFM's ViT encoder
 on seismic images; "seislm": SeisLM's wav2vec 2.0 encoder on 3-C waveforms; "mel-sfm": a second
 SFM encoder on the waveform's Mel-spectrogram image, the spectrogram-as-image approach). Each
-tower pools its tokens (cls or mean), a per-modality head projects to `embed_dim`, and the result
+tower pools its tokens (cls, mean or flatten), a per-modality head projects to `embed_dim`, and the result
 is L2-normalised. The model returns {modality: embeddings [B, embed_dim]} for the modalities it
 is given, so a third modality (tabular metadata, text) is one more entry in `TOWER_KINDS` and in
 the config: the losses take pairs of embeddings and the loop never sees modalities.
@@ -32,7 +32,7 @@ from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 Backbone = MAEConfig | Wav2Vec2Config
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "flatten")
 HEADS = ("linear", "mlp")
 
 
@@ -173,9 +173,14 @@ class SFMTower(nn.Module):
         """One example's input shape (num_samples: waveform length, for waveform-fed towers)."""
         return (backbone.img_size, backbone.img_size, backbone.in_chans)
 
+    @staticmethod
+    def tokens(backbone: Backbone, num_samples: int) -> int:
+        """Tokens that 'flatten' pooling concatenates: the image's patches."""
+        return backbone.num_patches
+
     def encode_images(self, images: jax.Array) -> jax.Array:
         latent, _, _ = MaskedAutoencoder(self.cfg.backbone, name="encoder").encode(images)
-        return latent[:, 0] if self.cfg.pooling == "cls" else jnp.mean(latent[:, 1:], axis=1)
+        return latent[:, 0] if self.cfg.pooling == "cls" else pool_tokens(latent[:, 1:], self.cfg.pooling)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -224,8 +229,9 @@ class SeisLMTower(nn.Module):
     def check(cfg: TowerConfig) -> None:
         if not isinstance(cfg.backbone, Wav2Vec2Config):
             raise ValueError(f"tower {cfg.modality!r} (seislm) needs a Wav2Vec2Config backbone")
-        if cfg.pooling != "mean":
-            raise ValueError(f"tower {cfg.modality!r}: wav2vec 2.0 has no cls token, use pooling='mean'")
+        if cfg.pooling == "cls":
+            raise ValueError(f"tower {cfg.modality!r}: wav2vec 2.0 has no cls token, use pooling "
+                             "'mean' or 'flatten'")
 
     @staticmethod
     def block(path: tuple[str, ...]) -> int | None:
@@ -251,28 +257,59 @@ class SeisLMTower(nn.Module):
     def input_shape(backbone: Backbone, num_samples: int) -> tuple[int, ...]:
         return (num_samples, backbone.input_channels)
 
+    @staticmethod
+    def tokens(backbone: Backbone, num_samples: int) -> int:
+        """Tokens that 'flatten' pooling concatenates: the conv encoder's frames."""
+        return backbone.frames(num_samples)
+
     @nn.compact
     def __call__(self, waveforms: jax.Array) -> jax.Array:
         hidden = Wav2Vec2ForPreTraining(self.cfg.backbone, name="encoder").encode(waveforms)
-        return jnp.mean(hidden, axis=1)
+        return pool_tokens(hidden, self.cfg.pooling)
 
 
 TOWER_KINDS: dict[str, type[nn.Module]] = {"sfm": SFMTower, "mel-sfm": MelSFMTower, "seislm": SeisLMTower}
+
+
+def pool_tokens(tokens: jax.Array, pooling: str) -> jax.Array:
+    """[B, L, D] -> [B, D] (mean) or [B, L·D] (flatten: every token in place).
+
+    The mean forgets where each token sits; flattening keeps it, which is what the towers need
+    when the shared physics is a time: the row of a reflector, the delay of a reverberation.
+    """
+    if pooling == "flatten":
+        return tokens.reshape(tokens.shape[0], -1)
+    return jnp.mean(tokens, axis=1)
+
+
+def pooled_width(cfg: TowerConfig, num_samples: int) -> int:
+    """Width of a tower's pooled features (num_samples: waveform length, for waveform-fed towers)."""
+    kind = TOWER_KINDS[cfg.kind]
+    width = kind.width(cfg.backbone)
+    return width * kind.tokens(cfg.backbone, num_samples) if cfg.pooling == "flatten" else width
 
 
 # --------------------------------------------------------------------------- joint model
 
 
 class Head(nn.Module):
-    """Projection into the shared space: linear (no bias, as CLIP) or a one-hidden-layer MLP."""
+    """Projection into the shared space: linear (no bias, as CLIP) or a one-hidden-layer MLP as wide
+    as the tower (hidden_dim)."""
 
     embed_dim: int
     kind: str
+    hidden_dim: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        first = "hidden" if self.kind == "mlp" else "proj"
+        if not self.is_initializing() and self.has_variable("params", first):
+            width = self.get_variable("params", first)["kernel"].shape[0]
+            if x.shape[-1] != width:
+                raise ValueError(f"the head takes {width} pooled features, got {x.shape[-1]}: with "
+                                 "'flatten' pooling the input must have the size the model was built for")
         if self.kind == "mlp":
-            x = nn.Dense(x.shape[-1], name="hidden", kernel_init=logical(nn.initializers.lecun_normal(),
+            x = nn.Dense(self.hidden_dim, name="hidden", kernel_init=logical(nn.initializers.lecun_normal(),
                                                                          ("embed", "mlp")),
                          bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
             x = gelu_exact(x)
@@ -290,7 +327,8 @@ class Tower(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pooled = TOWER_KINDS[self.cfg.kind](self.cfg, name="backbone")(x)
-        return unit_vectors(Head(self.embed_dim, self.head, name="head")(pooled.astype(jnp.float32)))
+        width = TOWER_KINDS[self.cfg.kind].width(self.cfg.backbone)
+        return unit_vectors(Head(self.embed_dim, self.head, width, name="head")(pooled.astype(jnp.float32)))
 
 
 def unit_vectors(z: jax.Array) -> jax.Array:

@@ -35,6 +35,7 @@ from seisfuse.models.joint import (
     load_tower_weights,
     logit_params,
     parse_trainable,
+    pooled_width,
     tower_from_converted,
 )
 from seisfuse.models.joint import param_labels as joint_param_labels
@@ -328,18 +329,22 @@ class AlignTask:
             kind = TOWER_KINDS[t.kind]
             depth, width = kind.depth(t.backbone), kind.width(t.backbone)
             k = parse_trainable(trainable.get(t.modality, "all"), depth)
-            head = 2 * width * self.cfg.embed_dim + (2 * width * width if self.cfg.head == "mlp" else 0)
+            pooled = pooled_width(t, self.num_samples)
+            head = (2 * pooled * width + 2 * width * self.cfg.embed_dim if self.cfg.head == "mlp"
+                    else 2 * pooled * self.cfg.embed_dim)
             total += (1 + 2 * k / depth) * _tower_flops(t.backbone, self.num_samples) + 3 * head
         return total
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AlignTask:
         """Build from an experiment config (configs/align.py): loss, pairs, mesh and the model section
-        (modalities, embed_dim, head, dtype, and per modality kind, preset or weights, pooling,
-        trainable, overrides)."""
+        (modalities, embed_dim, head, dtype, optionally logit_scale_init (default: the loss's), and
+        per modality kind, preset or weights, pooling, trainable, overrides)."""
         model = config["model"]
         scale, bias = ((SIGLIP_LOGIT_SCALE_INIT, SIGLIP_BIAS_INIT) if config["loss"] == "siglip"
                        else (CLIP_LOGIT_SCALE_INIT, None))
+        if model.get("logit_scale_init") is not None:
+            scale = float(model["logit_scale_init"])
         towers, trainable, weights = [], [], []
         for modality in model["modalities"]:
             spec = model[modality]
