@@ -304,7 +304,7 @@ class Head(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         first = "hidden" if self.kind == "mlp" else "proj"
         if not self.is_initializing() and self.has_variable("params", first):
-            width = self.get_variable("params", first)["kernel"].shape[0]
+            width = nn.unbox(self.get_variable("params", first))["kernel"].shape[0]  # boxed or not
             if x.shape[-1] != width:
                 raise ValueError(f"the head takes {width} pooled features, got {x.shape[-1]}: with "
                                  "'flatten' pooling the input must have the size the model was built for")
