@@ -7,6 +7,7 @@ MFU = task.flops_per_example() x pairs/s / (peak FLOP/s x devices) where the pea
 
     python experiments/bench_align.py                                   # tiny (batch 32), base (batch 8)
     python experiments/bench_align.py --variant base --batch 256 --steps 20    # an accelerator
+    python experiments/bench_align.py 'model.image.pooling="mean"' --variant tiny   # a variant
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from seisfuse.train.tasks import make_task  # noqa: E402
 DEFAULT_BATCH = {"tiny": 32, "base": 8, "large": 4}
 
 
-def bench(variant: str, batch: int, steps: int, rounds: int, dtype: str | None) -> dict:
-    overrides = [f"batch_size={batch}", "wandb.mode=disabled", "tensorboard=False"]
+def bench(variant: str, batch: int, steps: int, rounds: int, dtype: str | None,
+          extra: list[str] = ()) -> dict:
+    overrides = [f"batch_size={batch}", "wandb.mode=disabled", "tensorboard=False", *extra]
     if dtype:
         overrides.append(f"model.dtype={dtype}")
     config = load_config(str(ROOT / f"configs/align.py:{variant}"), overrides)
@@ -65,6 +67,7 @@ def bench(variant: str, batch: int, steps: int, rounds: int, dtype: str | None) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides for every variant")
     parser.add_argument("--variant", nargs="+", default=["tiny", "base"])
     parser.add_argument("--batch", type=int, default=None, help="global batch (default per variant)")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
@@ -76,7 +79,7 @@ def main() -> None:
     results = []
     for variant in args.variant:
         batch = args.batch or DEFAULT_BATCH[variant.split("-")[0]]
-        r = bench(variant, batch, args.steps, args.rounds, dtype)
+        r = bench(variant, batch, args.steps, args.rounds, dtype, args.overrides)
         results.append(r)
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (peak unknown)"
         print(f"{variant:10s} batch {batch:4d} {r['dtype']:8s} on {r['devices']} x {r['device_kind']}: "

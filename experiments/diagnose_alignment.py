@@ -1,13 +1,14 @@
 """Where does the demo's alignment stall? Each tower against an ideal partner, and the ceiling of
 contrastive training itself, at the demo's budget.
 
-The demo's towers reach held-out R@10 ≈ 0.2 while a ridge map from the P window to the image's
+The demo's towers reached held-out R@10 ≈ 0.2 while a ridge map from the P window to the image's
 station trace reaches 0.88 (probe_pairing.py). This script swaps one or both towers for an
 "oracle": a linear map from hand-made features that hold what the pair shares,
 
 - image oracle: the station's trace (mean of the 16 image columns around the station);
-- waveform oracle: the autocorrelation of Z over 1.6 s from 0.1 s before P, lags 0-2 s
-  (the free-surface reverberations; unchanged by the augmentation's polarity flips),
+- waveform oracle (--waveform-oracle): the autocorrelation of Z over 1.6 s from 0.1 s before P,
+  lags 0-2 s (the free-surface reverberations; blind to polarity), or those 160 Z samples
+  themselves ('samples': linear, possible since P windows are turned first motion up),
 
 and trains with everything else as the demo: its CLIP loss and learnable temperature, its
 optimizer and schedule, batch 32, and its augmented 'paired' pipeline with P windows over the
@@ -18,8 +19,9 @@ demo's cached pairs (align_variant.py's cache). Runs, by --pair IMAGE/WAVEFORM:
     oracle/tower    the ideal image side against the demo's SeisLM-tiny waveform tower
 
     python experiments/diagnose_alignment.py --pair oracle/oracle --steps 1200 --lr 0.01
+    python experiments/diagnose_alignment.py --pair tower/oracle --waveform-oracle samples --lr 0.003
     python experiments/diagnose_alignment.py --pair oracle/tower 'model.waveform.overrides={...}'
-    python experiments/diagnose_alignment.py --pair oracle/tower data.augment=False  # no polarity flips
+    python experiments/diagnose_alignment.py --pair oracle/tower data.augment=False  # no augmentation
 """
 
 from __future__ import annotations
@@ -62,17 +64,22 @@ class StationTraceOracle(nn.Module):
         return unit_vectors(nn.Dense(self.embed_dim, use_bias=False)(trace))
 
 
-class ReverberationOracle(nn.Module):
-    """P windows [B, T, 3] (P at sample `before`) -> normalised autocorrelation of Z -> linear map."""
+class WaveformOracle(nn.Module):
+    """P windows [B, T, 3] (P at sample `before`) -> Z from 0.1 s before to 1.5 s after P, as
+    samples or as its normalised autocorrelation (features: 'samples' | 'autocorrelation') ->
+    linear map."""
 
     embed_dim: int
     before: int
+    features: str
 
     @nn.compact
     def __call__(self, waveforms: jax.Array) -> jax.Array:
         z = waveforms[:, self.before - 10:self.before + 150, 0]
-        lags = jnp.fft.irfft(jnp.abs(jnp.fft.rfft(z, 512, axis=1)) ** 2, axis=1)[:, :200]
-        return unit_vectors(nn.Dense(self.embed_dim, use_bias=False)(lags / (lags[:, :1] + 1e-6)))
+        if self.features == "autocorrelation":
+            lags = jnp.fft.irfft(jnp.abs(jnp.fft.rfft(z, 512, axis=1)) ** 2, axis=1)[:, :200]
+            z = lags / (lags[:, :1] + 1e-6)
+        return unit_vectors(nn.Dense(self.embed_dim, use_bias=False)(z))
 
 
 def main() -> None:
@@ -81,6 +88,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, as align_variant.py")
     parser.add_argument("--pair", default="oracle/oracle",
                         choices=["oracle/oracle", "tower/oracle", "oracle/tower"])
+    parser.add_argument("--waveform-oracle", default="autocorrelation",
+                        choices=["autocorrelation", "samples"])
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo's)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "seisfuse-pairs")
@@ -98,7 +107,7 @@ def main() -> None:
         "image": (Tower(joint.tower("image"), joint.embed_dim, joint.head) if image_side == "tower"
                   else StationTraceOracle(joint.embed_dim)),
         "waveform": (Tower(joint.tower("waveform"), joint.embed_dim, joint.head) if waveform_side == "tower"
-                     else ReverberationOracle(joint.embed_dim, before)),
+                     else WaveformOracle(joint.embed_dim, before, args.waveform_oracle)),
     }
     train_set = cached_pairs(args.cache, TRAIN_SEED, config.data.num_examples)
     heldout = model_inputs(cached_pairs(args.cache, HELDOUT_SEED, HELDOUT_PAIRS), config.data.p_window)
@@ -135,7 +144,8 @@ def main() -> None:
     embeddings = {m: np.asarray(jax.jit(model.apply)(params[m], jnp.asarray(heldout[m], jnp.float32)))
                   for m, model in models.items()}
     r = retrieval_metrics(embeddings)
-    print(f"{args.pair} {' '.join(args.overrides)}, {config.total_steps} steps, "
+    oracle = f" ({args.waveform_oracle} oracle)" if "oracle" in args.pair.split("/")[1] else ""
+    print(f"{args.pair}{oracle} {' '.join(args.overrides)}, {config.total_steps} steps, "
           f"lr {config.optimizer.lr:g}: held-out R@10 "
           f"img2wav {r['retrieval/img2wav/R@10']:.3f} wav2img {r['retrieval/wav2img/R@10']:.3f} "
           f"(chance {r['chance/R@10']:.3f}), train {seconds:.0f} s")
