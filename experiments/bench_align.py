@@ -67,7 +67,8 @@ def bench(variant: str, batch: int, steps: int, rounds: int, dtype: str | None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides for every variant")
+    parser.add_argument("overrides", nargs="*",
+                        help="KEY=VALUE config overrides for every variant (before --variant)")
     parser.add_argument("--variant", nargs="+", default=["tiny", "base"])
     parser.add_argument("--batch", type=int, default=None, help="global batch (default per variant)")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")

@@ -1,5 +1,5 @@
 """Where does the demo's alignment stall? Each tower against an ideal partner, and the ceiling of
-contrastive training itself, at the demo's budget.
+contrastive training itself, at 1200 steps (the previous demo's budget; --steps).
 
 The demo's towers reached held-out R@10 ≈ 0.2 while a ridge map from the P window to the image's
 station trace reaches 0.88 (probe_pairing.py). This script swaps one or both towers for an

@@ -1,6 +1,6 @@
 """How much does a synthetic pair share? Probes that need no deep model, on held-out pairs.
 
-The demo's joint model stays at chance on the physics-paired generator; this script asks whether
+The demo's joint model once stayed at chance on the physics-paired generator; this script asks whether
 any simple read-out finds the shared information, with every advantage given to the waveform
 side (its P onset taken from the generator's pick, which the model never sees):
 

@@ -41,7 +41,7 @@ def demo_config() -> ml_collections.ConfigDict:
     token in place where a mean forgets when things happen. The flattened features of two random
     towers differ a lot, so CLIP's initial temperature (1/0.07) first taught them to collapse to
     one point (loss stuck at log 32); logit_scale_init = 1 (scale e) starts at log 32 and learns.
-    1800 steps keep the whole demo near 8 minutes. README, "seisfuse demo", has the measurements.
+    1800 steps keep the whole demo at 8-9 minutes. README, "seisfuse demo", has the measurements.
     """
     from seisfuse.train.config import loop_defaults
 

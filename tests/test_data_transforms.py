@@ -120,7 +120,10 @@ def test_p_windows_point_the_first_motion_up_whatever_the_source_polarity():
     np.testing.assert_array_equal(tf.p_window(-w, 1200, before=50, length=512), cut)
     np.testing.assert_array_equal(tf.normalized_p_window(-w, 1200, 50, 512),
                                   tf.normalized_p_window(w, 1200, 50, 512))
-    # A swing outside FIRST_MOTION (here 30 samples after the pick) does not decide the sign.
+    # A raw record's offset does not decide the sign, nor does a swing outside FIRST_MOTION (here
+    # 30 samples after the pick).
+    np.testing.assert_allclose(tf.normalized_p_window(w + 100.0, 1200, 50, 512),
+                               tf.normalized_p_window(w, 1200, 50, 512), atol=1e-3)
     late = np.zeros_like(w)
     late[1201, 0], late[1230, 0] = 0.2, -5.0
     assert tf.p_window(late, 1200, before=50, length=512)[51, 0] == 0.2

@@ -87,7 +87,7 @@ class TaskTransform:
 
     task: str
     augment: bool = False
-    p_window: tuple[int, int] | None = None  # paired: (samples before P, length) of a P-aligned window
+    p_window: tuple[int, int] | None = None  # paired: (samples before P, length), first motion up
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -175,7 +175,8 @@ def make_dataset(
     forever. num_workers > 0 runs the per-example work in that many processes (same output);
     each process builds batches with `read_threads` threads and keeps `prefetch` batches ready
     (grain's defaults, 16 threads and 500 batches, would flood a small host). p_window
-    (paired task): cut each waveform to (samples before P, length) around its P pick.
+    (paired task): cut each waveform to (samples before P, length) around its P pick, first motion
+    up (transforms.p_window).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")

@@ -57,7 +57,8 @@ def p_window(waveform: np.ndarray, p_sample: float, before: int, length: int) ->
 
 def first_motion_up(waveform: np.ndarray, onset: int) -> np.ndarray:
     """[T, C] times the sign of its largest vertical (channel 0) excursion in FIRST_MOTION around
-    sample `onset`: the direct P then points up, whatever the source mechanism.
+    sample `onset`, measured from the window's mean (a raw record's offset does not count): the
+    direct P then points up, whatever the source mechanism.
 
     A source's polarity flips the whole record, direct P and its reverberations alike; their
     relative signs are what the site shares with the image. Flipping every window to a positive
@@ -65,7 +66,7 @@ def first_motion_up(waveform: np.ndarray, onset: int) -> np.ndarray:
     learning polarity invariance would need products of samples (an autocorrelation).
     """
     lo, hi = FIRST_MOTION
-    z = waveform[max(onset - lo, 0):onset + hi, 0]
+    z = waveform[max(onset - lo, 0):onset + hi, 0] - waveform[:, 0].mean()
     if z.size and z[np.argmax(np.abs(z))] < 0:
         return -waveform
     return waveform

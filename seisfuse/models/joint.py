@@ -134,7 +134,7 @@ class JointConfig:
 
 
 class SFMTower(nn.Module):
-    """SFM's ViT encoder on images [B, H, W, C]: cls token or mean of the patch tokens."""
+    """SFM's ViT encoder on images [B, H, W, C]: cls token, mean or flatten of the patch tokens."""
 
     cfg: TowerConfig
     input_key: ClassVar[str] = "image"
@@ -214,7 +214,7 @@ class MelSFMTower(SFMTower):
 
 
 class SeisLMTower(nn.Module):
-    """SeisLM's wav2vec 2.0 encoder on waveforms [B, T, 3]: mean of the last hidden states."""
+    """SeisLM's wav2vec 2.0 encoder on waveforms [B, T, 3]: mean or flatten of the last hidden states."""
 
     cfg: TowerConfig
     input_key: ClassVar[str] = "waveform"
