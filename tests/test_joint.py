@@ -108,8 +108,8 @@ def test_waveform_tower_pools_the_seislm_hidden_states(model_and_params, pooling
     if pooling == "flatten":  # flattened frames fix the input length
         with pytest.raises(ValueError, match="head takes 800 pooled features, got 384"):
             JointEmbedding(cfg).apply({"params": params}, {"waveform": x[:, :200]})
-        boxed = JointEmbedding(cfg).init(jax.random.key(0), inputs(1))  # with partitioning metadata
-        assert JointEmbedding(cfg).apply(boxed, {"waveform": x})["waveform"].shape == (3, 16)
+        boxed = jax.jit(JointEmbedding(cfg).init)(jax.random.key(0), inputs(1))  # partitioning metadata kept
+        assert jax.jit(JointEmbedding(cfg).apply)(boxed, {"waveform": x})["waveform"].shape == (3, 16)
 
 
 def test_mlp_head_is_as_wide_as_the_tower_whatever_the_pooling():
