@@ -46,12 +46,15 @@ def inputs(batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
             "waveform": rng.standard_normal((batch, 400, 3)).astype(np.float32)}
 
 
+def init_params(cfg: JointConfig) -> dict:
+    model = JointEmbedding(cfg)
+    return jax.jit(lambda key: nn.unbox(model.init(key, inputs(1))["params"]))(jax.random.key(0))
+
+
 @pytest.fixture(scope="module")
 def model_and_params():
     cfg = small_cfg()
-    model = JointEmbedding(cfg)
-    params = jax.jit(lambda key: nn.unbox(model.init(key, inputs(1))["params"]))(jax.random.key(0))
-    return cfg, model, params
+    return cfg, JointEmbedding(cfg), init_params(cfg)
 
 
 def test_embeddings_are_unit_vectors_of_the_shared_dimension(model_and_params):
@@ -67,11 +70,6 @@ def test_embeddings_are_unit_vectors_of_the_shared_dimension(model_and_params):
     np.testing.assert_allclose(only["waveform"], out["waveform"], atol=1e-6)
     with pytest.raises(ValueError, match="unknown modalities"):
         apply({"params": params}, {"text": np.zeros((1, 4))})
-
-
-def init_params(cfg: JointConfig) -> dict:
-    model = JointEmbedding(cfg)
-    return jax.jit(lambda key: nn.unbox(model.init(key, inputs(1))["params"]))(jax.random.key(0))
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "flatten"])

@@ -67,7 +67,7 @@ def first_motion_up(waveform: np.ndarray, onset: int) -> np.ndarray:
     """
     lo, hi = FIRST_MOTION
     z = waveform[max(onset - lo, 0):onset + hi, 0] - waveform[:, 0].mean()
-    if z.size and z[np.argmax(np.abs(z))] < 0:
+    if z[np.argmax(np.abs(z))] < 0:  # never empty: 0 <= onset < length
         return -waveform
     return waveform
 
