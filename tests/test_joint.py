@@ -72,18 +72,21 @@ def test_embeddings_are_unit_vectors_of_the_shared_dimension(model_and_params):
         apply({"params": params}, {"text": np.zeros((1, 4))})
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean", "flatten"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "flatten", "station"])
 def test_image_tower_pools_the_sfm_encoder(model_and_params, pooling):
     cfg = small_cfg(pooling)
-    params = model_and_params[2] if pooling != "flatten" else init_params(cfg)
+    params = model_and_params[2] if pooling in ("cls", "mean") else init_params(cfg)
     x = inputs()["image"]
     z = JointEmbedding(cfg).apply({"params": params}, {"image": x})["image"]
     backbone = cfg.tower("image").backbone
     latent, _, _ = MaskedAutoencoder(backbone).apply({"params": params["image"]["backbone"]["encoder"]}, x,
                                                      method=MaskedAutoencoder.encode)
     pooled = {"cls": latent[:, 0], "mean": latent[:, 1:].mean(axis=1),
-              "flatten": latent[:, 1:].reshape(3, -1)}[pooling]  # flatten: 16 patches x 64, in order
-    assert pooled.shape[1] == pooled_width(cfg.tower("image"), 0) == (1024 if pooling == "flatten" else 64)
+              "flatten": latent[:, 1:].reshape(3, -1),  # 16 patches x 64, in order
+              # station: a 4 x 4 grid of 8-pixel patches; traces 15 and 16 lie in columns 1 and 2
+              "station": latent[:, 1:].reshape(3, 4, 4, 64)[:, :, 1:3].reshape(3, -1)}[pooling]
+    width = {"flatten": 1024, "station": 512}.get(pooling, 64)
+    assert pooled.shape[1] == pooled_width(cfg.tower("image"), 0) == width
     projected = pooled @ params["image"]["head"]["proj"]["kernel"]
     np.testing.assert_allclose(z, projected / np.linalg.norm(projected, axis=1, keepdims=True), atol=1e-5)
 
@@ -108,6 +111,13 @@ def test_waveform_tower_pools_the_seislm_hidden_states(model_and_params, pooling
             JointEmbedding(cfg).apply({"params": params}, {"waveform": x[:, :200]})
         boxed = jax.jit(JointEmbedding(cfg).init)(jax.random.key(0), inputs(1))  # partitioning metadata kept
         assert jax.jit(JointEmbedding(cfg).apply)(boxed, {"waveform": x})["waveform"].shape == (3, 16)
+
+
+def test_station_pooling_needs_a_section_image():
+    with pytest.raises(ValueError, match="'station' needs an image"):
+        TowerConfig.from_preset("waveform", "seislm", "tiny", "station", **SMALL_WAV)
+    with pytest.raises(ValueError, match="a Mel image has no station"):
+        TowerConfig.from_preset("waveform", "mel-sfm", "tiny", "station")
 
 
 def test_mlp_head_is_as_wide_as_the_tower_whatever_the_pooling():
@@ -307,9 +317,10 @@ def test_align_config_variants_build_their_task(variant):
     kinds = {t.modality: t.kind for t in task.cfg.towers}
     assert kinds == {"image": "sfm", "waveform": "mel-sfm" if variant.endswith("-mel") else "seislm"}
     assert task.flops_per_example() > 0
-    frozen = make_task(load_config(f"configs/align.py:{variant}", ["model.image.trainable=none",
-                                                                   "model.waveform.trainable=none"]))
-    assert frozen.flops_per_example() < task.flops_per_example() / 2
+    trained, frozen = (make_task(load_config(f"configs/align.py:{variant}", [
+        f"model.image.trainable={policy}", f"model.waveform.trainable={policy}"]))
+        for policy in ("all", "none"))
+    assert frozen.flops_per_example() < trained.flops_per_example() / 2
     with pytest.raises(ValueError, match="unknown variant"):
         load_config("configs/align.py:huge")
 

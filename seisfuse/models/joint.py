@@ -32,7 +32,7 @@ from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 Backbone = MAEConfig | Wav2Vec2Config
-POOLINGS = ("cls", "mean", "flatten")
+POOLINGS = ("cls", "mean", "flatten", "station")
 HEADS = ("linear", "mlp")
 
 
@@ -180,11 +180,32 @@ class SFMTower(nn.Module):
 
     def encode_images(self, images: jax.Array) -> jax.Array:
         latent, _, _ = MaskedAutoencoder(self.cfg.backbone, name="encoder").encode(images)
-        return latent[:, 0] if self.cfg.pooling == "cls" else pool_tokens(latent[:, 1:], self.cfg.pooling)
+        if self.cfg.pooling == "cls":
+            return latent[:, 0]
+        if self.cfg.pooling == "station":
+            return station_tokens(latent[:, 1:], self.cfg.backbone).reshape(images.shape[0], -1)
+        return pool_tokens(latent[:, 1:], self.cfg.pooling)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.encode_images(images)
+
+
+def station_columns(backbone: MAEConfig) -> list[int]:
+    """Patch columns holding the image's two centre traces (W/2 − 1, W/2): where a station-centred
+    section puts the station whose record is paired with it, also after a left-right flip."""
+    centre = backbone.img_size // 2
+    return sorted({(centre - 1) // backbone.patch_size, centre // backbone.patch_size})
+
+
+def station_tokens(tokens: jax.Array, backbone: MAEConfig) -> jax.Array:
+    """Patch tokens [B, L, D] (row-major) -> [B, rows, len(station_columns), D]: every row (two-way
+    time) of the station's columns, in place. 'station' pooling flattens them: what the paired
+    record shares with a section is the column under its station; the other traces are nuisance
+    that a flattened head otherwise learns to memorise."""
+    grid = backbone.img_size // backbone.patch_size
+    rows = tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+    return rows[:, :, jnp.asarray(station_columns(backbone))]
 
 
 class MelSFMTower(SFMTower):
@@ -196,6 +217,9 @@ class MelSFMTower(SFMTower):
     def check(cfg: TowerConfig) -> None:
         SFMTower.check(cfg)
         b = cfg.backbone
+        if cfg.pooling == "station":
+            raise ValueError(f"tower {cfg.modality!r}: 'station' pooling reads an image's centre traces; "
+                             "a Mel image has no station: use 'cls', 'mean' or 'flatten'")
         if (b.img_size, b.in_chans) != (SFM_MEL.n_mels, 1) or SFM_MEL.frames != SFM_MEL.n_mels:
             raise ValueError(f"the mel-sfm tower feeds {SFM_MEL.n_mels}x{SFM_MEL.frames}x1 Mel images; "
                              f"its SFM backbone has img_size={b.img_size}, in_chans={b.in_chans}")
@@ -229,9 +253,9 @@ class SeisLMTower(nn.Module):
     def check(cfg: TowerConfig) -> None:
         if not isinstance(cfg.backbone, Wav2Vec2Config):
             raise ValueError(f"tower {cfg.modality!r} (seislm) needs a Wav2Vec2Config backbone")
-        if cfg.pooling == "cls":
-            raise ValueError(f"tower {cfg.modality!r}: wav2vec 2.0 has no cls token, use pooling "
-                             "'mean' or 'flatten'")
+        if cfg.pooling in ("cls", "station"):
+            raise ValueError(f"tower {cfg.modality!r}: pooling {cfg.pooling!r} needs an image (cls "
+                             "token, station columns); wav2vec 2.0 takes 'mean' or 'flatten'")
 
     @staticmethod
     def block(path: tuple[str, ...]) -> int | None:
@@ -286,6 +310,8 @@ def pooled_width(cfg: TowerConfig, num_samples: int) -> int:
     """Width of a tower's pooled features (num_samples: waveform length, for waveform-fed towers)."""
     kind = TOWER_KINDS[cfg.kind]
     width = kind.width(cfg.backbone)
+    if cfg.pooling == "station":
+        return width * (cfg.backbone.img_size // cfg.backbone.patch_size) * len(station_columns(cfg.backbone))
     return width * kind.tokens(cfg.backbone, num_samples) if cfg.pooling == "flatten" else width
 
 
