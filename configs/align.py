@@ -8,8 +8,10 @@ image goes to a second SFM tower instead of SeisLM).
         --model.image.trainable=none --model.waveform.trainable=none    # LiT-style: heads only
 
 Choices (all overridable): loss clip | siglip; model.logit_scale_init (default: the loss's, CLIP
-log(1/0.07), SigLIP log 10; tiny: 1.0); per tower trainable all | none | last:K, pooling
-cls (SFM only) | mean | flatten (tiny: flatten), weights = a `seisfuse convert` directory or ""
+log(1/0.07), SigLIP log 10; tiny: 1.0); per tower trainable all | none | last:K (tiny: the image
+tower locked), pooling cls (SFM only) | mean | flatten | station (SFM image towers only: the two
+patch columns under the centre trace; tiny: station for the image, flatten for the waveform),
+weights = a `seisfuse convert` directory or ""
 (scratch); mesh; data.p_window = [samples before P, length] (tiny: [10, 160]) or None for whole
 3001-sample records; data.augment = True | False (the pair-consistent augmentation of
 seisfuse.data.transforms).
@@ -37,7 +39,7 @@ def get_config(variant: str = "tiny"):
         raise ValueError(f"unknown variant {variant!r}: tiny, base or large, optionally with -mel")
     if approach == "mel":
         c.model.waveform = {**c.model.waveform, "kind": "mel-sfm", "preset": c.model.image.preset,
-                            "pooling": c.model.image.pooling, "overrides": {}}
+                            "pooling": "flatten", "trainable": "all", "overrides": {}}
         c.data.p_window = None  # the Mel image covers the whole 30 s record
     return c
 

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="seisfuse-demo", help="output folder (default ./seisfuse-demo)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     demo.add_argument("--train-pairs", type=int, default=None,
-                      help="training pairs (default: the recipe's, 4096)")
+                      help="training pairs (default: the recipe's, 8192)")
     demo.add_argument("--heldout-pairs", type=int, default=None, help="held-out pairs (default 256)")
     demo.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
     demo.set_defaults(run=_demo)

@@ -55,6 +55,7 @@ def test_alignment_learns_shared_information_far_above_chance(tmp_path):
     # The shared number is a frequency under random phases: a job for mean pooling (the demo's
     # 'flatten' keeps positions, which this control randomises).
     config.model.image.pooling = config.model.waveform.pooling = "mean"
+    config.model.image.trainable = "all"  # the demo locks its image tower; this control trains both
     task = make_task(config)
     state = train(task, config, tmp_path, data=PairStream(config.batch_size))
     heldout = shared_frequency_pairs(np.random.default_rng(123), 64)
