@@ -114,7 +114,7 @@ def test_waveform_tower_pools_the_seislm_hidden_states(model_and_params, pooling
 
 
 def test_station_pooling_needs_a_section_image():
-    with pytest.raises(ValueError, match="'station' needs an image"):
+    with pytest.raises(ValueError, match="pooling 'station' needs an image"):
         TowerConfig.from_preset("waveform", "seislm", "tiny", "station", **SMALL_WAV)
     with pytest.raises(ValueError, match="a Mel image has no station"):
         TowerConfig.from_preset("waveform", "mel-sfm", "tiny", "station")

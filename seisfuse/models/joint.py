@@ -254,8 +254,8 @@ class SeisLMTower(nn.Module):
         if not isinstance(cfg.backbone, Wav2Vec2Config):
             raise ValueError(f"tower {cfg.modality!r} (seislm) needs a Wav2Vec2Config backbone")
         if cfg.pooling in ("cls", "station"):
-            raise ValueError(f"tower {cfg.modality!r}: pooling {cfg.pooling!r} needs an image (cls "
-                             "token, station columns); wav2vec 2.0 takes 'mean' or 'flatten'")
+            raise ValueError(f"tower {cfg.modality!r}: pooling {cfg.pooling!r} needs an image; wav2vec 2.0 "
+                             "has no cls token and no station columns: use 'mean' or 'flatten'")
 
     @staticmethod
     def block(path: tuple[str, ...]) -> int | None:
