@@ -181,10 +181,10 @@ def _depth_to_time(model: EarthModel) -> tuple[np.ndarray, np.ndarray, np.ndarra
     t_axis = (np.arange(H) + 0.5) * DT_IMAGE
     # Cell holding each time sample (H = crust), all columns in one search: columns laid end to
     # end 100 s apart form one increasing array.
-    offset = 100.0 * np.arange(W)
-    idx = np.searchsorted((twt + offset).T.ravel(), (t_axis[:, None] + offset).T.ravel())
-    idx = idx.reshape(W, H).T - H * np.arange(W)
     cols = np.arange(W)
+    offset = 100.0 * cols
+    idx = np.searchsorted((twt + offset).T.ravel(), (t_axis[:, None] + offset).T.ravel())
+    idx = idx.reshape(W, H).T - H * cols
     cell = np.minimum(idx, H - 1)
     z_t = np.where(idx < H, (model.rho * model.vp)[cell, cols], model.crust_rho * model.crust_vp)
     f_t = model.facies[cell, cols].astype(np.int32)

@@ -203,9 +203,8 @@ def station_tokens(tokens: jax.Array, backbone: MAEConfig) -> jax.Array:
     time) of the station's columns, in place. 'station' pooling flattens them: what the paired
     record shares with a section is the column under its station; the other traces are nuisance
     that a flattened head otherwise learns to memorise."""
-    grid = backbone.img_size // backbone.patch_size
-    rows = tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
-    return rows[:, :, jnp.asarray(station_columns(backbone))]
+    grid, columns = backbone.grid_size, station_columns(backbone)  # one or two adjacent columns
+    return tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])[:, :, columns[0]:columns[-1] + 1]
 
 
 class MelSFMTower(SFMTower):
@@ -311,7 +310,7 @@ def pooled_width(cfg: TowerConfig, num_samples: int) -> int:
     kind = TOWER_KINDS[cfg.kind]
     width = kind.width(cfg.backbone)
     if cfg.pooling == "station":
-        return width * (cfg.backbone.img_size // cfg.backbone.patch_size) * len(station_columns(cfg.backbone))
+        return width * cfg.backbone.grid_size * len(station_columns(cfg.backbone))
     return width * kind.tokens(cfg.backbone, num_samples) if cfg.pooling == "flatten" else width
 
 
