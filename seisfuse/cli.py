@@ -41,8 +41,40 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     config = load_config(args.config, overrides)
+    if args.command == "finetune":
+        from seisfuse.train.finetune import SEISLM_TASKS, SFM_TASKS
+
+        if config.get("task") not in SFM_TASKS + SEISLM_TASKS:
+            raise ValueError(f"{args.config} is a {config.get('task')!r} config; `seisfuse finetune` takes "
+                             "configs/sfm_finetune.py or configs/seislm_finetune.py (use `seisfuse train`)")
+        if args.init is not None:
+            config.init = args.init
     train(make_task(config), config, args.workdir, resume=args.resume)
     return 0
+
+
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from seisfuse.eval.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, data_path=args.data,
+                          overrides=[o.removeprefix("--") for o in overrides], out_dir=args.out, max_examples=args.max_examples, overwrite=args.overwrite)
+    shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("step",)}
+    print(f"evaluated {result['examples']} examples of {args.run_dir} (step {result['step']}):")
+    for key, value in shown.items():
+        print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
+    print(f"wrote {args.out or args.run_dir + '/eval'}/metrics.json and figures/")
+    return 0
+
+
+def _pick(args: argparse.Namespace, _overrides: list[str]) -> int:
+    from seisfuse.eval.evaluate import load_predictor
+    from seisfuse.eval.pick import pick_files
+
+    predict = load_predictor(args.run_dir, task="pick")
+    summary = pick_files(args.inputs, predict, args.out, overwrite=args.overwrite,
+                         thresholds={"P": args.p_threshold, "S": args.s_threshold}, stride=args.stride)
+    print(summary)
+    return 0 if summary.ok else 1
 
 
 def _embed(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -114,7 +146,8 @@ def _demo(args: argparse.Namespace, _overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seisfuse", description=__doc__)
+    parser = argparse.ArgumentParser(prog="seisfuse", description=__doc__,
+                                     epilog="--debug (anywhere): show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = sub.add_parser("convert", help="import released PyTorch weights (no torch needed)",
@@ -140,6 +173,49 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--num-processes", type=int, default=None)
     fit.add_argument("--process-id", type=int, default=None)
     fit.set_defaults(run=_train, accepts_overrides=True)
+
+    finetune = sub.add_parser("finetune", help="fine-tune SFM (segment, regress) or SeisLM (pick, classify)",
+                              description="Fine-tune a downstream head (and its trunk) from an experiment "
+                                          "config, e.g. configs/sfm_finetune.py:facies-tiny or "
+                                          "configs/seislm_finetune.py:pick-tiny. Same engine, mesh, "
+                                          "checkpoints and --config.a.b=value overrides as `train`.")
+    finetune.add_argument("--config", required=True, help="configs/FILE.py:VARIANT")
+    finetune.add_argument("--workdir", required=True, help="checkpoints, TensorBoard and wandb files go here")
+    finetune.add_argument("--init", default=None,
+                          help="start from a `seisfuse convert` folder (pretrained or fine-tuned) or a "
+                               "pretraining run of `seisfuse train` (default: the config's init, "
+                               "else scratch)")
+    finetune.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    finetune.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
+    finetune.add_argument("--num-processes", type=int, default=None)
+    finetune.add_argument("--process-id", type=int, default=None)
+    finetune.set_defaults(run=_train, accepts_overrides=True)
+
+    evaluate = sub.add_parser("evaluate", help="metrics and figures of a fine-tuning run on held-out data",
+                              description="Evaluate a `seisfuse finetune` run: writes RUN/eval/metrics.json "
+                                          "(segmentation PA/CPA/MPA/IoU/mIoU/FWIoU, regression MSE/PSNR/"
+                                          "MSSSIM/SSIM, pick detection/onset residuals, classification "
+                                          "accuracy/F1) and figures/. Override data settings with "
+                                          "--data.key=value.")
+    evaluate.add_argument("run_dir", metavar="RUN", help="the --workdir of `seisfuse finetune`")
+    evaluate.add_argument("--data", default=None, help="evaluation data path (replaces config data.path)")
+    evaluate.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    evaluate.add_argument("--max-examples", type=int, default=None, help="stop after this many examples")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
+    evaluate.set_defaults(run=_evaluate, accepts_overrides=True)
+
+    pick = sub.add_parser("pick", help="pick P and S in records of any length with a fine-tuned picker",
+                          description="Run a picker trained by `seisfuse finetune` "
+                                      "(configs/seislm_finetune.py:pick*) over miniSEED/SAC/any obspy-readable files with sliding "
+                                      "windows and write a pick table (CSV).")
+    pick.add_argument("inputs", nargs="+", help="files and/or folders")
+    pick.add_argument("--run", dest="run_dir", required=True, help="the picker's `seisfuse finetune` workdir")
+    pick.add_argument("--out", required=True, help="the pick table to write (.csv)")
+    pick.add_argument("--p-threshold", type=float, default=0.3, help="P probability threshold (default 0.3)")
+    pick.add_argument("--s-threshold", type=float, default=0.3, help="S probability threshold (default 0.3)")
+    pick.add_argument("--stride", type=int, default=1500, help="window step in samples (default 1500)")
+    pick.add_argument("--overwrite", action="store_true", help="replace an existing pick table")
+    pick.set_defaults(run=_pick)
 
     embed = sub.add_parser("embed", help="joint-space embeddings of images or waveforms (npy)",
                            description="Embed a file or folder of images (.npy [224,224(,1)] or stacks, "
@@ -181,7 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user can cause and fix (bad input, config, paths, permissions, damaged files, NaN):
+# one line naming the problem; `--debug` shows the traceback instead. CheckpointError and
+# SeismicDataError are ValueErrors, NonFiniteError a FloatingPointError.
+ANTICIPATED = (ValueError, KeyError, TypeError, OSError, FloatingPointError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
@@ -191,8 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"config overrides look like --config.a.b=value, got {' '.join(bad)}")
     try:
         return args.run(args, extra)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
-        print(f"seisfuse {args.command}: error: {exc}", file=sys.stderr)
+    except ANTICIPATED as exc:
+        if debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"seisfuse {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-from collections.abc import Sequence
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from etils import epath
@@ -24,7 +28,8 @@ def loop_defaults() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.optimizer = ml_collections.ConfigDict({
         "lr": 1e-3, "warmup_steps": 10, "end_lr": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999,
-        "eps": 1e-8, "clip_norm": 0.0, "accumulate": 1, "layer_decay": 1.0})
+        "eps": 1e-8, "clip_norm": 0.0, "accumulate": 1, "layer_decay": 1.0,
+        "unfreeze_step": 0})  # groups labelled ':delayed' train from this step on
     c.data = ml_collections.ConfigDict({"source": "random"})
     c.wandb = ml_collections.ConfigDict({"mode": "offline", "project": "seisfuse"})
     c.tensorboard = True
@@ -32,16 +37,99 @@ def loop_defaults() -> ml_collections.ConfigDict:
 
 
 RUN_CONFIG_FILE = "config.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+# Keys a resumed run may change (each change is recorded): how long to train and how to report it.
+RESUMABLE_KEYS = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "wandb", "tensorboard")
 
 
-def save_run_config(run_dir: str | Path | epath.Path, config: ml_collections.ConfigDict) -> epath.Path:
+def save_run_config(run_dir: str | Path | epath.Path, config: ml_collections.ConfigDict,
+                    changes: dict[str, tuple[Any, Any]] | None = None) -> epath.Path:
     """Write the experiment config beside the checkpoints (atomically), so a run can be rebuilt
-    later (`seisfuse embed/retrieve`, evaluation) without the original config file."""
-    path = epath.Path(run_dir) / RUN_CONFIG_FILE
-    tmp = path.parent / f".{RUN_CONFIG_FILE}.tmp"
-    tmp.write_text(config.to_json(indent=2))
-    tmp.replace(path)
+    later (`seisfuse embed/retrieve/evaluate`) without the original config file. `changes` (a
+    resumed run's {key: (old, new)}) are appended to config_history.jsonl first."""
+    run_dir = epath.Path(run_dir)
+    if changes:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "changes": {k: list(v) for k, v in changes.items()}}
+        history = run_dir / CONFIG_HISTORY_FILE
+        previous = history.read_text() if history.exists() else ""
+        _write_atomic(history, previous + json.dumps(record) + "\n")
+    path = run_dir / RUN_CONFIG_FILE
+    _write_atomic(path, config.to_json(indent=2))
     return path
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_run_config(run_dir: str | Path | epath.Path) -> ml_collections.ConfigDict:
+    """A run's saved config.json, with any setting added to `loop_defaults` since the run was made
+    filled in from the defaults (old runs keep loading)."""
+    path = epath.Path(run_dir) / RUN_CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a seisfuse run: no {RUN_CONFIG_FILE} (expected the "
+                                "--workdir of `seisfuse train/finetune` or the --out of `seisfuse demo`)")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): the run's config is damaged") from exc
+    merged = loop_defaults().to_dict()
+    _merge(merged, saved)
+    return ml_collections.ConfigDict(merged)
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def resume_changes(run_dir: str | Path | epath.Path,
+                   config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, new)} for the resumable keys a resumed run changes; any other difference from
+    the run's saved config raises, naming the keys (the run would silently become another)."""
+    if not (epath.Path(run_dir) / RUN_CONFIG_FILE).exists():
+        return {}
+    saved = _flatten(read_run_config(run_dir).to_dict())
+    new = _flatten(json.loads(config.to_json()))
+    differ = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new))
+              if saved.get(k) != new.get(k)}
+    fixed = {k: v for k, v in differ.items() if k.split(".")[0] not in RESUMABLE_KEYS}
+    if fixed:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(fixed.items())[:8])
+        raise ValueError(f"--resume with a recipe that differs from the run's config.json ({shown}): resume "
+                         f"with the same config (only {', '.join(RESUMABLE_KEYS)} may change) or use a "
+                         "new workdir")
+    return differ
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def probe_writable(directory: str | Path | epath.Path) -> None:
+    """Create `directory` and write/remove a probe file, so an unwritable run folder fails at once
+    with one clear error instead of at the first checkpoint."""
+    directory = epath.Path(directory)
+    probe = directory / f".seisfuse-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"cannot write to {directory} ({exc.strerror or exc}): choose a writable "
+                              "--workdir/--out") from exc
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

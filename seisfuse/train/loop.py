@@ -5,6 +5,10 @@ host. Parameters are sharded by their logical axis names (seisfuse.parallel), op
 follows them, batches shard over (data, fsdp) and each process feeds its own slice. Non-finite
 loss or gradients leave the state untouched inside the step; the host reads that flag one step
 late (so dispatch never waits) and either stops with an error naming the step or counts a skip.
+
+Tasks with non-trainable model state (BatchNorm statistics of the fine-tuning heads) implement
+`init_model_state` and `stateful_loss`; that state rides in `TrainState.model_state` (replicated),
+is updated by every step and saved with the checkpoints. Other tasks carry an empty dict.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from seisfuse.parallel import (
     to_global,
 )
 from seisfuse.train.checkpoint import Checkpointer, abstract_with_shardings
-from seisfuse.train.config import save_run_config
+from seisfuse.train.config import probe_writable, resume_changes, save_run_config
 from seisfuse.train.logging import MetricLogger
 from seisfuse.train.optim import optimizer_from_config
 from seisfuse.train.tasks import Task
@@ -43,11 +47,21 @@ class NonFiniteError(FloatingPointError):
     """Loss or gradients became NaN/Inf."""
 
 
+class ResumeError(ValueError):
+    """A checkpoint that does not fit the run being resumed."""
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any  # non-trainable collections (e.g. {"batch_stats": ...}); {} for most tasks
+
+
+def is_stateful(task: Task) -> bool:
+    """Whether the task carries non-trainable model state (BatchNorm statistics)."""
+    return hasattr(task, "init_model_state")
 
 
 DATA_STREAM, MASK_STREAM = 0, 1
@@ -105,52 +119,71 @@ class Trainer:
         self.tx = optimizer_from_config(opt, labels, config["total_steps"], scales)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         opt_shardings = follow_params(abstract_opt, abstract_params, shardings, self.mesh)
-        self.state_shardings = TrainState(step=replicated(self.mesh), params=shardings,
-                                          opt_state=opt_shardings)
+        abstract_model_state = jax.eval_shape(self._init_model_state, key)
+        self.state_shardings = TrainState(
+            step=replicated(self.mesh), params=shardings, opt_state=opt_shardings,
+            model_state=jax.tree.map(lambda _: replicated(self.mesh), abstract_model_state))
         abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                              opt_state=abstract_opt)
+                              opt_state=abstract_opt, model_state=abstract_model_state)
         self.abstract_state = abstract_with_shardings(abstract, self.state_shardings)
         self.init_state = jax.jit(self._init, out_shardings=self.state_shardings)
         self.step = jax.jit(self._step, donate_argnums=0,
                             in_shardings=(self.state_shardings, batch_sharding(self.mesh)),
                             out_shardings=(self.state_shardings, replicated(self.mesh)))
 
+    def _init_model_state(self, key: jax.Array) -> Any:
+        return self.task.init_model_state(key) if is_stateful(self.task) else {}
+
     def _init(self, key: jax.Array) -> TrainState:
         params = nn.unbox(self.task.init_params(key))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                          model_state=self._init_model_state(key))
 
-    def _grads(self, params: Any, batch: Mapping[str, jax.Array], key: jax.Array,
-               step: jax.Array) -> tuple[jax.Array, dict, Any]:
-        grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
+    def _loss(self, params: Any, model_state: Any, batch: Mapping[str, jax.Array], key: jax.Array,
+              step: jax.Array) -> tuple[jax.Array, tuple[dict, Any]]:
+        """(loss, (metrics, new model state)) for stateful and stateless tasks alike."""
+        if is_stateful(self.task):
+            return self.task.stateful_loss(params, model_state, batch, key, step)
+        loss, metrics = self.task.loss(params, batch, key, step)
+        return loss, (metrics, model_state)
+
+    def _grads(self, params: Any, model_state: Any, batch: Mapping[str, jax.Array], key: jax.Array,
+               step: jax.Array) -> tuple[jax.Array, dict, Any, Any]:
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         if self.accumulate == 1:
-            (loss, metrics), grads = grad_fn(params, batch, key, step)
-            return loss, metrics, grads
+            (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, key, step)
+            return loss, metrics, grads, model_state
         k = self.accumulate
         # Example j goes to micro-batch j % k: the batch axis keeps its sharding.
         micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(carry: Any, inputs: Any) -> tuple[Any, None]:
+            total, current = carry  # model state (BatchNorm statistics) updates micro-batch by micro-batch
             mb, index = inputs
-            out = grad_fn(params, mb, jax.random.fold_in(key, index), step)
-            return jax.tree.map(jnp.add, carry, out), None
+            (loss, (metrics, current)), grads = grad_fn(params, current, mb, jax.random.fold_in(key, index),
+                                                        step)
+            return (jax.tree.map(jnp.add, total, (loss, metrics, grads)), current), None
 
-        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key, step)
-        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        total, _ = jax.lax.scan(body, zero, (micro, jnp.arange(k)))
-        (loss, metrics), grads = jax.tree.map(lambda x: x / k, total)
-        return loss, metrics, grads
+        shapes = jax.eval_shape(grad_fn, params, model_state, jax.tree.map(lambda x: x[0], micro), key, step)
+        (loss_shape, (metrics_shape, _)), grads_shape = shapes
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_shape, metrics_shape, grads_shape))
+        (total, model_state), _ = jax.lax.scan(body, (zero, model_state), (micro, jnp.arange(k)))
+        loss, metrics, grads = jax.tree.map(lambda x: x / k, total)
+        return loss, metrics, grads, model_state
 
     def _step(self, state: TrainState,
               batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         step_key = jax.random.fold_in(jax.random.key(self.config["seed"]), state.step)
-        loss, metrics, grads = self._grads(state.params, batch, step_key, state.step)
+        loss, metrics, grads, model_state = self._grads(state.params, state.model_state, batch, step_key,
+                                                        state.step)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                               opt_state=keep(opt_state, state.opt_state))
+                               opt_state=keep(opt_state, state.opt_state),
+                               model_state=keep(model_state, state.model_state))
         return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     def global_batch(self, raw: Mapping[str, np.ndarray], step: int) -> dict[str, jax.Array]:
@@ -160,29 +193,28 @@ class Trainer:
 
 
 def make_data(task: Task, config: Mapping[str, Any], trainer: Trainer) -> Any:
-    """The host-local raw-batch iterator the config names: 'random' arrays or the 'synthetic'
-    physics-paired grain pipeline (sharded by process, state saved with checkpoints)."""
-    source = config["data"]["source"]
-    if source == "random":
+    """The host-local raw-batch iterator the config names: 'random' arrays, or a grain pipeline over
+    the source `config.data` describes (seisfuse.data.sources; sharded by process, state saved
+    with checkpoints)."""
+    if config["data"]["source"] == "random":
         return RandomBatches(task, trainer.local_batch, config["seed"], trainer.first_example)
-    if source == "synthetic":
-        from seisfuse.data.pipeline import SyntheticSource
+    from seisfuse.data.sources import make_source
 
-        data = config["data"]
-        synthetic = SyntheticSource(data["num_examples"], seed=data.get("dataset_seed", 0))
-        return iter(config_pipeline(synthetic, task.data_task, config, trainer.local_batch))
-    raise ValueError(f"unknown data source {source!r}: 'random' or 'synthetic'")
+    return iter(config_pipeline(make_source(config["data"]), task.data_task, config, trainer.local_batch))
 
 
-def config_pipeline(source: Any, data_task: str, config: Mapping[str, Any], batch_size: int) -> Any:
-    """The grain pipeline over `source` that config.data asks for (workers, P window, augmentation):
-    one reading of those keys for the engine's synthetic data and the demo's in-memory pairs."""
+def config_pipeline(source: Any, data_task: str, config: Mapping[str, Any], batch_size: int,
+                    **overrides: Any) -> Any:
+    """The grain pipeline over `source` that config.data asks for (workers, P window, augmentation,
+    label): one reading of those keys for the engine, evaluation and the demo's in-memory pairs.
+    `overrides` replace make_dataset arguments (evaluation: one ordered pass, no augmentation)."""
     from seisfuse.data.pipeline import make_dataset
 
     data = config["data"]
-    return make_dataset(source, task=data_task, batch_size=batch_size, seed=config["seed"],
-                        num_workers=data.get("num_workers", 0), p_window=data.get("p_window"),
-                        augment=bool(data.get("augment", False)))
+    options = dict(batch_size=batch_size, seed=config["seed"], num_workers=data.get("num_workers", 0),
+                   p_window=data.get("p_window"), augment=bool(data.get("augment", False)),
+                   label_key=data.get("label_key"))
+    return make_dataset(source, task=data_task, **{**options, **overrides})
 
 
 def train(task: Task, config: Mapping[str, Any], workdir: str | Path, *, resume: bool = False,
@@ -202,21 +234,27 @@ def train(task: Task, config: Mapping[str, Any], workdir: str | Path, *, resume:
 
 def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: bool, data: Any,
          stop: dict[str, bool]) -> TrainState:
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Validate everything (writable folder, config, task, data, checkpoints) before writing anything.
+    probe_writable(workdir)
     trainer = Trainer(task, config)
-    if jax.process_index() == 0:
-        save_run_config(workdir, config)
     data = data if data is not None else make_data(task, config, trainer)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config["keep_checkpoints"])
-    latest = checkpointer.latest_step() if resume else None
+    latest = checkpointer.latest_step()
+    if latest is not None and not resume:
+        checkpointer.close()
+        raise FileExistsError(f"{workdir} already holds checkpoints: pass resume=True (--resume) "
+                              "or use a new workdir")
+    if resume and latest is None:
+        print(f"no checkpoint in {workdir}; starting fresh", flush=True)
     if latest is not None:
-        state, data_state = checkpointer.restore(latest, trainer.abstract_state)
+        changes = resume_changes(workdir, config)
+        state, data_state = restore_for_resume(checkpointer, latest, trainer)
         data.set_state(data_state)
     else:
-        if checkpointer.latest_step() is not None:
-            raise FileExistsError(f"{workdir} already holds checkpoints: pass resume=True (--resume) "
-                                  "or use a new workdir")
+        changes = None
         state = trainer.init_state(jax.random.key(config["seed"]))
+    if jax.process_index() == 0 and (latest is None or changes):
+        save_run_config(workdir, config, changes=changes)
 
     total = int(config["total_steps"])
     logger = MetricLogger(workdir, total_steps=total, global_batch=config["batch_size"],
@@ -247,6 +285,17 @@ def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: boo
     if skipped:
         print(f"skipped {skipped} updates with non-finite loss or gradients", flush=True)
     return state
+
+
+def restore_for_resume(checkpointer: Checkpointer, step: int, trainer: Trainer) -> tuple[TrainState, Any]:
+    """The checkpoint at `step` on this run's shardings; a structure or shape mismatch (the model or
+    optimizer changed since the run started) is named instead of orbax's traceback."""
+    try:
+        return checkpointer.restore(step, trainer.abstract_state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResumeError(f"cannot resume from step {step}: the checkpoint does not match this "
+                              f"run's model/optimizer ({str(exc).splitlines()[0][:300]}); resume with "
+                              "the run's own config or use a new workdir") from exc
 
 
 def _check_finite(pending: tuple[int, dict] | None, policy: str) -> int:

@@ -1,6 +1,8 @@
 """optax optimizers that reproduce each original's parameter groups and schedules.
 
-Every task labels its params 'decay' / 'no_decay' / 'frozen'. SFM/MAE (timm's add_weight_decay):
+Every task labels its params 'decay' / 'no_decay' / 'frozen'; a label with the suffix DELAYED
+('decay:delayed', 'no_decay:delayed') freezes that group until `delay_steps`, then trains it (SeisLM's
+fine-tuning unfreezes its base at epoch N). SFM/MAE (timm's add_weight_decay):
 no weight decay on 1-D parameters and biases; the fixed sin-cos position tables are not trained
 (requires_grad=False in PyTorch), so they get no optimizer state and no update here either.
 Torch's AdamW decays p by lr·wd before the Adam step; optax's adamw adds wd·p to the Adam update
@@ -65,6 +67,27 @@ def cosine_anneal(step: jax.Array, total_steps: int, start: float, end: float) -
     return end + (start - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
 
 
+DELAYED = ":delayed"
+
+
+def delayed(inner: optax.GradientTransformation, start_step: int) -> optax.GradientTransformation:
+    """`inner` from step `start_step` on; before it, zero updates and `inner`'s state left untouched,
+    as for a PyTorch parameter with requires_grad=False (its Adam moments start at unfreezing)."""
+
+    def init(params: Any) -> tuple[jax.Array, Any]:
+        return jnp.zeros((), jnp.int32), inner.init(params)
+
+    def update(updates: Any, state: tuple[jax.Array, Any], params: Any = None) -> tuple[Any, Any]:
+        count, inner_state = state
+        new_updates, new_inner = inner.update(updates, inner_state, params)
+        active = count >= start_step
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+        zeros = jax.tree.map(jnp.zeros_like, updates)
+        return pick(new_updates, zeros), (count + 1, pick(new_inner, inner_state))
+
+    return optax.GradientTransformation(init, update)
+
+
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
     """Multiply each update by a fixed per-parameter factor (e.g. layer-wise lr decay)."""
     return optax.stateless(lambda updates, _params: jax.tree.map(jnp.multiply, updates, scales))
@@ -72,15 +95,20 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
 
 def adamw(schedule: optax.Schedule | float, labels: Any, *, weight_decay: float, b1: float = 0.9,
           b2: float = 0.999, eps: float = 1e-8, clip_norm: float | None = None,
-          layer_scales: Any = None) -> optax.GradientTransformation:
+          layer_scales: Any = None, delay_steps: int = 0) -> optax.GradientTransformation:
     """AdamW over labelled groups: global-norm clipping, Adam, decoupled decay on 'decay' only,
-    optional per-parameter lr scales, then the learning-rate schedule. 'frozen' params get no state."""
-    adam = optax.scale_by_adam(b1, b2, eps)
+    optional per-parameter lr scales, then the learning-rate schedule. 'frozen' params get no state;
+    'decay:delayed' / 'no_decay:delayed' params are frozen for the first `delay_steps` steps."""
+    groups = {"decay": optax.chain(optax.scale_by_adam(b1, b2, eps), optax.add_decayed_weights(weight_decay)),
+              "no_decay": optax.scale_by_adam(b1, b2, eps)}
+    groups.update({name + DELAYED: delayed(group, delay_steps) for name, group in list(groups.items())})
+    used = set(jax.tree.leaves(labels))
+    unknown = used - set(groups) - {"frozen"}
+    if unknown:
+        raise ValueError(f"unknown optimizer labels {sorted(unknown)}")
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
     chain.append(optax.multi_transform(
-        {"decay": optax.chain(adam, optax.add_decayed_weights(weight_decay)),
-         "no_decay": optax.scale_by_adam(b1, b2, eps),
-         "frozen": optax.set_to_zero()}, labels))
+        {**{name: groups[name] for name in groups if name in used}, "frozen": optax.set_to_zero()}, labels))
     if layer_scales is not None:
         chain.append(scale_by_tree(layer_scales))
     chain.append(optax.scale_by_learning_rate(schedule))
@@ -100,5 +128,5 @@ def optimizer_from_config(opt: Mapping[str, Any], labels: Any, total_steps: int,
     """Build `adamw` from an experiment config's `optimizer` section."""
     schedule = warmup_cosine(opt["lr"], opt["warmup_steps"], total_steps, opt.get("end_lr", 0.0))
     return adamw(schedule, labels, weight_decay=opt["weight_decay"], b1=opt["b1"], b2=opt["b2"],
-                 eps=opt.get("eps", 1e-8), clip_norm=opt.get("clip_norm") or None,
-                 layer_scales=layer_scales)
+                 eps=opt["eps"], clip_norm=opt["clip_norm"] or None, layer_scales=layer_scales,
+                 delay_steps=opt["unfreeze_step"])

@@ -214,6 +214,10 @@ def make_task(config: Mapping[str, Any]) -> Task:
     """The task an experiment config names (`config.task`), built from its `model` section."""
     if config["task"] == "align":
         return AlignTask.from_config(config)
+    from seisfuse.train.finetune import SEISLM_TASKS, SFM_TASKS, make_finetune_task
+
+    if config["task"] in SFM_TASKS + SEISLM_TASKS:
+        return make_finetune_task(config)
     model = dict(config["model"])
     preset = model.pop("preset")
     if config["task"] == "mae":
@@ -222,7 +226,8 @@ def make_task(config: Mapping[str, Any]) -> Task:
         return Wav2Vec2Pretraining(Wav2Vec2Config.preset(preset, **model),
                                    num_samples=config.get("num_samples", 3001),
                                    total_steps=config["total_steps"])
-    raise ValueError(f"unknown task {config['task']!r}; choose 'mae', 'seislm' or 'align'")
+    raise ValueError(f"unknown task {config['task']!r}; choose 'mae', 'seislm', 'align', "
+                     f"{', '.join(repr(t) for t in SFM_TASKS + SEISLM_TASKS)}")
 
 
 @dataclasses.dataclass(frozen=True)
