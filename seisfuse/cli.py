@@ -57,7 +57,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from seisfuse.eval.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, data_path=args.data,
-                          overrides=[o.removeprefix("--") for o in overrides], out_dir=args.out, max_examples=args.max_examples, overwrite=args.overwrite)
+                          overrides=[o.removeprefix("--") for o in overrides], out_dir=args.out,
+                          max_examples=args.max_examples, overwrite=args.overwrite)
     shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("step",)}
     print(f"evaluated {result['examples']} examples of {args.run_dir} (step {result['step']}):")
     for key, value in shown.items():
@@ -206,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pick = sub.add_parser("pick", help="pick P and S in records of any length with a fine-tuned picker",
                           description="Run a picker trained by `seisfuse finetune` "
-                                      "(configs/seislm_finetune.py:pick*) over miniSEED/SAC/any obspy-readable files with sliding "
-                                      "windows and write a pick table (CSV).")
+                                      "(configs/seislm_finetune.py:pick*) over miniSEED/SAC/any "
+                                      "obspy-readable files with sliding windows and write a pick "
+                                      "table (CSV).")
     pick.add_argument("inputs", nargs="+", help="files and/or folders")
     pick.add_argument("--run", dest="run_dir", required=True, help="the picker's `seisfuse finetune` workdir")
     pick.add_argument("--out", required=True, help="the pick table to write (.csv)")
