@@ -1,4 +1,4 @@
-"""SFM/MAE pretraining. Variants: tiny (CPU smoke run), base, large (SFM's recipe, specs/sfm.md).
+"""SFM/MAE pretraining. Variants: tiny (CPU smoke run), base, large (SFM's recipe, docs/specs.md).
 
     seisfuse train --config configs/mae_pretrain.py:tiny --workdir runs/mae-tiny
 """

@@ -1,4 +1,4 @@
-"""SeisLM/wav2vec 2.0 pretraining. Variants: tiny (CPU smoke run), base, large (specs/seislm.md).
+"""SeisLM/wav2vec 2.0 pretraining. Variants: tiny (CPU smoke run), base, large (docs/specs.md).
 
     seisfuse train --config configs/seislm_pretrain.py:tiny --workdir runs/seislm-tiny
 """

@@ -71,11 +71,17 @@ def _pick(args: argparse.Namespace, _overrides: list[str]) -> int:
     from seisfuse.eval.evaluate import load_predictor
     from seisfuse.eval.pick import pick_files
 
-    predict = load_predictor(args.run_dir, task="pick")
-    summary = pick_files(args.inputs, predict, args.out, overwrite=args.overwrite,
+    predict = load_predictor(args.run_dir, task="pick", batch_size=PICK_BATCH)
+    summary = pick_files(args.inputs, predict, args.out, overwrite=args.overwrite, batch_size=PICK_BATCH,
                          thresholds={"P": args.p_threshold, "S": args.s_threshold}, stride=args.stride)
-    print(summary)
-    return 0 if summary.ok else 1
+    counts = ", ".join(f"{n} {phase}" for phase, n in sorted(summary.picks.items())) or "no picks"
+    print(f"wrote {counts} from {len(summary.stations)} station(s) in {len(summary.files_ok)} file(s) to "
+          f"{summary.out_csv}" + (f"; {len(summary.failed)} file(s) skipped (named above)" if summary.failed
+                                  else ""))
+    return 1 if summary.failed else 0
+
+
+PICK_BATCH = 16
 
 
 def _embed(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -163,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SFM decoder heads, if the width/depth match no preset")
     convert.set_defaults(run=_convert)
 
-    fit = sub.add_parser("train", help="pretrain a model on a device mesh (MAE, SeisLM)",
+    fit = sub.add_parser("train", help="pretrain or align models on a device mesh (MAE, SeisLM, align)",
                          description="Train from an experiment config. Override any config field with "
                                      "--config.a.b=value (or --a.b=value), e.g. --wandb.mode=disabled.")
     fit.add_argument("--config", required=True,

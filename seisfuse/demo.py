@@ -44,7 +44,7 @@ def demo_config() -> ml_collections.ConfigDict:
     SFM weights ship): a step costs a third, which buys 8192 pairs and 3600 steps, and more pairs
     were what held-out recall lacked. Flattened features of random towers differ a lot, so CLIP's
     initial temperature (1/0.07) made them collapse to one point (loss stuck at log 32);
-    logit_scale_init = 1 (scale e) learns. README, "seisfuse demo", has the measurements.
+    logit_scale_init = 1 (scale e) learns. experiments/RESULTS.md has the measurements.
     """
     from seisfuse.train.config import loop_defaults
 
