@@ -1,9 +1,9 @@
 """Train one variant of the demo's alignment recipe and print its held-out retrieval.
 
-The sweep behind experiments/RESULTS.md, "How the demo's recipe was found": the demo's recipe (configs/align.py:tiny,
-i.e. `seisfuse.demo.demo_config`, or that file's tiny-mel) with config overrides, on pairs
-generated once and cached (training: dataset seed 0, held-out: 256 pairs of seed 1, exactly the
-demo's), so variants differ only in what the overrides change.
+The sweep behind experiments/RESULTS.md, "How the demo's recipe was found": the demo's recipe
+(configs/align.py:tiny, i.e. `seisfuse.demo.demo_config`, or that file's tiny-mel) with config
+overrides, on pairs generated once and cached (training: dataset seed 0, held-out: 256 pairs of seed
+1, exactly the demo's), so variants differ only in what the overrides change.
 
     python experiments/align_variant.py total_steps=600
     python experiments/align_variant.py total_steps=600 'model.waveform.overrides={"hidden_size":64}'
