@@ -1,5 +1,5 @@
-"""grain input pipelines for the four tasks: MAE images, SeisLM waveforms, paired image+waveform,
-phase picking.
+"""grain input pipelines for the pretraining tasks (MAE images, SeisLM waveforms, paired
+image+waveform) and the fine-tuning tasks (segment, regress, picking, classify).
 
     source (random access) → shard by JAX process → shuffle (reshuffled every epoch) → repeat
     → per-example task transform with its own seeded rng → batch → [worker processes]
@@ -8,7 +8,7 @@ Every random choice is a function of (seed, shard, index), so a pipeline gives t
 for a seed whatever the number of workers, and `iterator.get_state()` / `set_state()` restore
 it exactly (the state is a small JSON-able dict; save it beside the model checkpoint).
 Batches are dicts of numpy arrays: images [B, 224, 224, 1], waveforms [B, 3001, 3], pick
-labels [B, 3001, 3] (P, S, noise).
+labels [B, 3001, 3] (P, S, noise); docs/data-downstream.md lists every task's batch.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ import numpy as np
 from seisfuse.data import transforms
 from seisfuse.data.synthetic import generate_pair
 
-Task = Literal["mae", "waveform", "paired", "picking"]
-TASKS: tuple[str, ...] = ("mae", "waveform", "paired", "picking")
+Task = Literal["mae", "waveform", "paired", "picking", "segment", "regress", "classify"]
+TASKS: tuple[str, ...] = ("mae", "waveform", "paired", "picking", "segment", "regress", "classify")
+LABELLED_TASKS = ("segment", "regress", "classify")  # these read example[label_key]
+# Synthetic held-out examples are the dataset seed's indices from here on; training sets must
+# stay below it, so the two never share an example whatever their sizes.
+EVAL_INDEX_OFFSET = 1 << 31
 PAIR_METADATA = {
     "p_sample": np.int32,
     "s_sample": np.int32,
@@ -35,10 +39,14 @@ PAIR_METADATA = {
 
 
 class SyntheticSource:
-    """`num_examples` physics-paired examples of dataset `seed`, generated on access."""
+    """`num_examples` physics-paired examples of dataset `seed`, generated on access: item i is
+    `generate_pair(seed, offset + i)` (offset EVAL_INDEX_OFFSET gives the held-out set)."""
 
-    def __init__(self, num_examples: int, seed: int = 0):
-        self.num_examples, self.seed = int(num_examples), int(seed)
+    def __init__(self, num_examples: int, seed: int = 0, offset: int = 0):
+        self.num_examples, self.seed, self.offset = int(num_examples), int(seed), int(offset)
+        if self.offset < EVAL_INDEX_OFFSET and self.offset + self.num_examples > EVAL_INDEX_OFFSET:
+            raise ValueError(f"{self.num_examples} examples from index {self.offset} would reach the "
+                             f"held-out indices (>= {EVAL_INDEX_OFFSET}); use fewer examples")
 
     def __len__(self) -> int:
         return self.num_examples
@@ -46,7 +54,7 @@ class SyntheticSource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-        return generate_pair(self.seed, int(index))
+        return generate_pair(self.seed, self.offset + int(index))
 
 
 class ArraySource:
@@ -83,48 +91,105 @@ class DatSource:
 
 @dataclasses.dataclass(frozen=True)
 class TaskTransform:
-    """Turns a source example into the model input of one task (a grain RandomMap callable)."""
+    """Turns a source example into the model input of one task (a grain RandomMap callable).
+
+    label_key names the example's label for segment (an [H, W] class map), regress (the target
+    map: transforms.REGRESS_TARGETS) and classify (an integer, or a transforms.DERIVED_CLASSES
+    name).
+    """
 
     task: str
     augment: bool = False
     p_window: tuple[int, int] | None = None  # paired: (samples before P, length), first motion up
+    label_key: str | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}, expected one of {TASKS}")
+        if self.task in LABELLED_TASKS and not self.label_key:
+            raise ValueError(f"task {self.task!r} needs label_key (the example key holding its label, "
+                             "e.g. 'facies' or 'salt' for segment, 'clean', 'reflectivity' or 'image' for "
+                             "regress, 'distance_class' or 'magnitude_class' for classify)")
+        if self.task == "regress" and self.label_key not in transforms.REGRESS_TARGETS:
+            raise ValueError(f"regress label_key {self.label_key!r} is not one of "
+                             f"{tuple(transforms.REGRESS_TARGETS)}")
 
     def __call__(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.task == "mae":
             return {"image": transforms.zscore_image(example["image"])}
         if self.task == "paired":
-            ex = transforms.augment_pair(example, rng) if self.augment else dict(example)
-            if self.p_window is not None:
-                before, length = self.p_window
-                ex["waveform"] = transforms.p_window(ex["waveform"], float(ex["p_sample"]), before, length)
-                shift = int(round(float(ex["p_sample"]))) - before
-                for key in ("p_sample", "s_sample"):
-                    if key in ex and int(ex[key]) >= 0:  # -1 = missing pick, stays missing
-                        ex[key] = int(ex[key]) - shift
-            out = {
-                "image": transforms.zscore_image(ex["image"]),
-                "waveform": transforms.normalize_waveform(ex["waveform"]),
-            }
-            out.update({k: np.asarray(ex[k], dtype) for k, dtype in PAIR_METADATA.items() if k in ex})
-            return out
-        waveform = np.asarray(example["waveform"], np.float32)
+            return self._paired(example, rng)
+        if self.task in ("segment", "regress"):
+            return self._image_task(example, rng)
+        if self.task == "picking":
+            return self._picking(example, rng)
+        waveform = self._waveform(example, rng)
         if self.task == "waveform":
-            if waveform.shape[0] != transforms.WINDOW or self.augment:
-                waveform, _ = transforms.random_window(waveform, rng, max_pad=300 if self.augment else 0)
-            return {"waveform": transforms.normalize_waveform(waveform)}
-        picks = {"p": float(example.get("p_sample", np.nan)), "s": float(example.get("s_sample", np.nan))}
+            return {"waveform": waveform}
+        return {"waveform": waveform, "label": transforms.class_label(example, self.label_key)}
+
+    def _paired(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ex = transforms.augment_pair(example, rng) if self.augment else dict(example)
+        if self.p_window is not None:
+            before, length = self.p_window
+            ex["waveform"] = transforms.p_window(ex["waveform"], float(ex["p_sample"]), before, length)
+            shift = int(round(float(ex["p_sample"]))) - before
+            for key in ("p_sample", "s_sample"):
+                if key in ex and int(ex[key]) >= 0:  # -1 = missing pick, stays missing
+                    ex[key] = int(ex[key]) - shift
+        out = {
+            "image": transforms.zscore_image(ex["image"]),
+            "waveform": transforms.normalize_waveform(ex["waveform"]),
+        }
+        out.update({k: np.asarray(ex[k], dtype) for k, dtype in PAIR_METADATA.items() if k in ex})
+        return out
+
+    def _waveform(self, example: dict, rng: np.random.Generator) -> np.ndarray:
+        """A normalised 3001-sample window (a random one for longer records or with augment)."""
+        waveform = np.asarray(example["waveform"], np.float32)
         if waveform.shape[0] != transforms.WINDOW or self.augment:
-            waveform, picks = transforms.random_window(
-                waveform, rng, picks=picks, max_pad=300 if self.augment else 0
-            )
+            waveform, _ = transforms.random_window(waveform, rng, max_pad=300 if self.augment else 0)
+        return transforms.normalize_waveform(waveform)
+
+    def _image_task(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.label_key not in example:
+            raise ValueError(f"{self.task}: the example has no {self.label_key!r} (it has {sorted(example)})")
+        image, label = example["image"], np.asarray(example[self.label_key])
+        if self.augment and rng.random() < 0.5:
+            image, label = transforms.flip_lr(image, label)
+        if self.task == "regress":
+            x, y = transforms.regression_pair(image, label, self.label_key)
+            return {"image": x, "target": y}
+        if label.ndim == 3 and label.shape[-1] == 1:
+            label = label[..., 0]
+        whole = np.array_equal(label, np.round(label)) and label.min() >= 0
+        if label.shape != np.shape(image)[:2] or not whole:
+            raise ValueError(f"segment label {self.label_key!r} must be integer classes >= 0 of the image's "
+                             f"size {np.shape(image)[:2]}, got shape {label.shape}")
+        return {"image": transforms.zscore_image(image), "label": label.astype(np.int32)}
+
+    def _picking(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        waveform = np.asarray(example["waveform"], np.float32)
+        picks = {"p": _pick(example, "p_sample"), "s": _pick(example, "s_sample")}
+        if self.augment:
+            waveform, picks = transforms.seislm_pick_window(waveform, picks, rng)
+            waveform = transforms.fill_dead_channels(waveform, rng)
+        elif waveform.shape[0] != transforms.WINDOW:
+            waveform, picks = transforms.random_window(waveform, rng, picks=picks)
+        inside = {k: v if 0 <= v < transforms.WINDOW else np.nan for k, v in picks.items()}
         return {
             "waveform": transforms.normalize_waveform(waveform),
             "labels": transforms.pick_labels(picks["p"], picks["s"]),
+            "p_sample": np.float32(inside["p"]),
+            "s_sample": np.float32(inside["s"]),
         }
+
+
+def _pick(example: dict, key: str) -> float:
+    """A pick's sample index in the record; NaN when absent (missing key, NaN, or the -1 that
+    marks a missing pick, as any index before the record does)."""
+    value = float(example.get(key, np.nan))
+    return value if np.isfinite(value) and value >= 0 else np.nan
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -165,6 +230,7 @@ def make_dataset(
     read_threads: int = 1,
     prefetch: int = 2,
     p_window: tuple[int, int] | None = None,
+    label_key: str | None = None,
 ) -> grain.IterDataset:
     """A grain pipeline yielding batches (dicts of numpy arrays) for `task`.
 
@@ -176,7 +242,8 @@ def make_dataset(
     each process builds batches with `read_threads` threads and keeps `prefetch` batches ready
     (grain's defaults, 16 threads and 500 batches, would flood a small host). p_window
     (paired task): cut each waveform to (samples before P, length) around its P pick, first motion
-    up (transforms.p_window).
+    up (transforms.p_window). label_key (segment, regress, classify): the example key holding the
+    label; None takes the source's own `label_key` attribute (`sources.SFMTaskSource` has one).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -191,7 +258,9 @@ def make_dataset(
         ds = ds.shuffle(seed=seed + index)
     ds = ds.repeat(num_epochs)
     window = None if p_window is None else (int(p_window[0]), int(p_window[1]))
-    ds = ds.random_map(TaskTransform(task, augment, window), seed=seed + 7919 * index + 1)
+    label_key = label_key if label_key is not None else getattr(source, "label_key", None)
+    transform = TaskTransform(task, augment, window, label_key)
+    ds = ds.random_map(transform, seed=seed + 7919 * index + 1)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:

@@ -1,5 +1,6 @@
 """Per-example numpy transforms: the normalisations SFM and SeisLM were trained with, windows,
-pick labels, and augmentations that keep an image/waveform pair physically consistent.
+pick labels, augmentations that keep an image/waveform pair physically consistent, and the
+fine-tuning pieces (SeisLM's phase-picking windows, regression targets, class labels).
 
 Everything here takes and returns numpy arrays (host side, inside grain workers) and draws its
 randomness from an explicit `np.random.Generator`.
@@ -10,8 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 WINDOW = 3001
+SAMPLING_RATE = 100.0  # Hz of every waveform window (readers resample to it)
 PICK_SIGMA = 20.0  # samples, SeisLM's phase-picking labels
 FIRST_MOTION = (5, 20)  # samples before and after a P pick that hold the direct P's first swing
+AROUND_PICK = 3000  # SeisLM's picking pre-cut: samples kept before (and after) the chosen pick
+# Class labels derived from the synthetic metadata: equal bins of the generator's ranges.
+DISTANCE_EDGES_KM = (2.0, 6.5, 11.0, 15.5, 20.0)  # distance_class 0..3
+MAGNITUDE_EDGES = (0.5, 0.75, 1.0)  # magnitude_class 0..1
+DERIVED_CLASSES = {
+    "distance_class": ("distance_km", DISTANCE_EDGES_KM),
+    "magnitude_class": ("magnitude", MAGNITUDE_EDGES),
+}
+# Regression targets by label key, and the SFM task each one is.
+REGRESS_TARGETS = {"clean": "denoising", "reflectivity": "reflectivity inversion", "image": "interpolation"}
 
 
 def zscore_image(image: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -159,3 +171,97 @@ def augment_pair(example: dict[str, np.ndarray], rng: np.random.Generator) -> di
     for k, v in picks.items():
         out[k] = np.int32(round(v)) if np.isfinite(v) else np.int32(-1)
     return out
+
+
+def seislm_pick_window(
+    waveform: np.ndarray, picks: dict[str, float], rng: np.random.Generator, length: int = WINDOW
+) -> tuple[np.ndarray, dict[str, float]]:
+    """SeisLM's phase-picking training window of [T, C] (its SeisBench augmentation chain).
+
+    With probability 2/3 the record is first cut to [pick − 3000, pick + 3000) around one
+    present pick chosen at random (sample 3000 when none is present; clipped to the record, as
+    SeisBench's "variable" strategy), otherwise it is kept whole. Then a `length`-sample window
+    starts uniformly anywhere in what is left (picks may fall outside it: noise windows are part
+    of the training); a shorter record is zero-padded on a random side split. Returns the window
+    and the picks shifted into it (NaN stays NaN).
+    """
+    valid = [float(v) for v in picks.values() if v is not None and np.isfinite(v)]
+    lo, hi = 0, waveform.shape[0]
+    if rng.random() < 2.0 / 3.0:
+        anchor = valid[int(rng.integers(len(valid)))] if valid else float(AROUND_PICK)
+        cut = int(anchor - AROUND_PICK)
+        lo, hi = max(cut, 0), min(max(cut + 2 * AROUND_PICK, 0), hi)
+    span = max(hi - lo, 0)
+    # A short remainder is padded on a random split of both ends: start drawn in [span - length, 0].
+    offset = int(rng.integers(min(0, span - length), max(0, span - length) + 1))
+    start = lo + offset
+    out = window(waveform[lo:hi], offset, length)
+    shifted = {k: (float(v) - start if v is not None and np.isfinite(v) else np.nan)
+               for k, v in picks.items()}
+    return out, shifted
+
+
+def fill_dead_channels(waveform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """SeisLM's FillMissingComponents: each dead (constant) channel of [T, C] becomes a copy of a
+    randomly chosen live one; all live or all dead is returned unchanged."""
+    std = np.asarray(waveform).std(axis=0)
+    dead, live = np.flatnonzero(std == 0), np.flatnonzero(std != 0)
+    if dead.size == 0 or live.size == 0:
+        return waveform
+    out = np.array(waveform, np.float32)
+    for c in dead:
+        out[:, c] = out[:, live[int(rng.integers(live.size))]]
+    return out
+
+
+def flip_lr(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The same left-right (trace axis, axis 1) flip of an image and its label maps."""
+    return tuple(np.ascontiguousarray(np.asarray(a)[:, ::-1]) for a in arrays)
+
+
+def regression_pair(image: np.ndarray, target: np.ndarray, label_key: str,
+                    eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) of an SFM regression task, both float32 [H, W, C], normalised per task.
+
+    - "clean" (denoising): both divided by the INPUT's statistics, (x − mean(x)) / (std(x) + eps),
+      so the target stays on the input's scale and input − target is exactly the (scaled) noise.
+    - "reflectivity" (inversion): each z-scored by its own mean and std + 1e-6, as SFM's ReflectSet.
+    - "image" (interpolation): the z-scored image is input and target; the task masks traces.
+    """
+    if label_key not in REGRESS_TARGETS:
+        raise ValueError(f"regress label_key {label_key!r} is not one of {tuple(REGRESS_TARGETS)} "
+                         "(denoising, reflectivity inversion, interpolation)")
+    x = np.asarray(image, np.float32)
+    y = np.asarray(target, np.float32)
+    x, y = (a[..., None] if a.ndim == 2 else a for a in (x, y))
+    if y.shape[:2] != x.shape[:2]:
+        raise ValueError(f"regress target {label_key!r} has shape {y.shape}, the image {x.shape}")
+    if label_key == "clean":
+        mean, std = x.mean(), x.std() + eps
+        return ((x - mean) / std).astype(np.float32), ((y - mean) / std).astype(np.float32)
+    if label_key == "reflectivity":
+        return zscore_image(x, eps), zscore_image(y, eps)
+    z = zscore_image(x, eps)
+    return z, z.copy()
+
+
+def class_label(example: dict, key: str) -> np.int32:
+    """The integer class `example[key]`, or a class derived from the synthetic metadata
+    (DERIVED_CLASSES: distance_class from distance_km, magnitude_class from magnitude)."""
+    if key in example:
+        value = np.asarray(example[key])
+        if value.ndim != 0 or not np.isfinite(value) or value != np.round(value) or value < 0:
+            raise ValueError(f"class label {key!r} must be one integer >= 0, got {value!r}")
+        return np.int32(value)
+    if key not in DERIVED_CLASSES:
+        raise ValueError(f"no class label {key!r} in the example (it has {sorted(example)}); derived "
+                         f"classes {sorted(DERIVED_CLASSES)} need their metadata")
+    source, edges = DERIVED_CLASSES[key]
+    if source not in example:
+        raise ValueError(f"{key} is derived from {source!r}, which the example lacks "
+                         f"(it has {sorted(example)})")
+    value = float(example[source])
+    if not edges[0] <= value <= edges[-1]:
+        raise ValueError(f"{source} = {value:g} lies outside [{edges[0]:g}, {edges[-1]:g}], the range "
+                         f"binned into {key} (the synthetic generator's range)")
+    return np.int32(min(np.searchsorted(edges, value, side="right") - 1, len(edges) - 2))
