@@ -6,16 +6,22 @@ the older `weight_g`/`weight_v`). The architecture comes from tensor shapes; wha
 show (head count, conv strides, pre/post-LN, quantizer logit scaling) comes from the pickled
 ml_collections config when the file carries one -- read as inert data, never executed -- and
 otherwise from the known layouts (SeisLM "layer" norm = pre-LN with scaled logits, HF "group"
-norm = post-LN). Fine-tuned phase-picker/classifier files load their trunk and report the head keys.
+norm = post-LN). `load_seislm` reads the trunk of any file (reporting head keys it ignores);
+`load_seislm_finetuned` reads a fine-tuned phase picker or event classifier whole, into the Flax
+models of `seisfuse.models.seislm_heads`, and `export_seislm_finetuned` writes one back. Every
+config value read from a file is type- and range-checked: a hostile file gives CheckpointError.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import numpy as np
 
 from seisfuse.convert.common import (
@@ -35,6 +41,7 @@ from seisfuse.convert.torch_format import (
     read_torch_checkpoint,
     write_torch_checkpoint,
 )
+from seisfuse.models.seislm_heads import SeisLMClassifier, SeisLMPicker
 from seisfuse.models.wav2vec2 import WAV2VEC2_PRESETS, Wav2Vec2Config
 
 Params = dict[str, Any]
@@ -43,15 +50,6 @@ WEIGHT_NORM_KEYS = {"weight_g": "parametrizations.weight.original0",
                     "weight_v": "parametrizations.weight.original1"}
 POS_CONV = "wav2vec2.encoder.pos_conv_embed.conv"
 PRETRAINING_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
-# Config fields that tensor shapes do not determine, under SeisLM's / HF's config names.
-HINT_FIELDS = {"num_attention_heads": "num_attention_heads", "conv_stride": "conv_stride",
-               "do_stable_layer_norm": "do_stable_layer_norm",
-               "scale_logits_in_quantization": "scale_quantizer_logits",
-               "layer_norm_eps": "layer_norm_eps", "num_negatives": "num_negatives",
-               "contrastive_logits_temperature": "contrastive_logits_temperature",
-               "diversity_loss_weight": "diversity_loss_weight", "mask_time_prob": "mask_time_prob",
-               "mask_time_length": "mask_time_length", "mask_time_min_masks": "mask_time_min_masks",
-               "initializer_range": "initializer_range"}
 
 
 # ----------------------------------------------------------------- reading the file
@@ -79,33 +77,116 @@ def seislm_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
     return state
 
 
-def _plain(value: Any) -> Any:
-    """Plain data out of an unpickled ConfigDict placeholder (its `_fields`), recursively."""
+MAX_CONFIG_DEPTH = 32
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Plain data out of an unpickled ConfigDict placeholder (its `_fields`), recursively.
+
+    A pickle can nest containers (or make them contain themselves) without limit: deeper than
+    MAX_CONFIG_DEPTH is refused instead of exhausting the interpreter's recursion limit.
+    """
+    if depth > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"the file's config nests deeper than {MAX_CONFIG_DEPTH} levels "
+                              "(corrupt or hostile file)")
     if isinstance(value, Placeholder):
         fields = value.state.get("_fields") if isinstance(value.state, dict) else None
-        return _plain(fields) if isinstance(fields, Mapping) else None
+        return _plain(fields, depth + 1) if isinstance(fields, Mapping) else None
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth + 1) for v in value]
     return value if isinstance(value, (str, int, float, bool, type(None))) else None
+
+
+Validator = Callable[[str, Any], Any]
+
+
+def _integer(low: int) -> Validator:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CheckpointError(f"model_config.{name} must be an integer >= {low}, got {value!r}")
+        return value
+    return check
+
+
+def _real(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
+          ) -> Validator:
+    def check(name: str, value: Any) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        ok = ok and (value > low if open_low else value >= low)
+        ok = ok and (value < high if open_high else value <= high)
+        if not ok:
+            span = f"{'(' if open_low else '['}{low}, {high}{')' if open_high or high == math.inf else ']'}"
+            raise CheckpointError(f"model_config.{name} must be a finite number in {span}, got {value!r}")
+        return float(value)
+    return check
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise CheckpointError(f"model_config.{name} must be true or false, got {value!r}")
+    return value
+
+
+def _positive_ints(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        raise CheckpointError(f"model_config.{name} must be a non-empty list of integers >= 1, got {value!r}")
+    return tuple(value)
+
+
+# Config fields that tensor shapes do not determine: SeisLM's / HF's name -> (Wav2Vec2Config
+# field, validator).
+HINT_FIELDS: dict[str, tuple[str, Validator]] = {
+    "num_attention_heads": ("num_attention_heads", _integer(1)),
+    "conv_stride": ("conv_stride", _positive_ints),
+    "do_stable_layer_norm": ("do_stable_layer_norm", _boolean),
+    "scale_logits_in_quantization": ("scale_quantizer_logits", _boolean),
+    "layer_norm_eps": ("layer_norm_eps", _real(0.0, open_low=True)),
+    "num_negatives": ("num_negatives", _integer(1)),
+    "contrastive_logits_temperature": ("contrastive_logits_temperature", _real(0.0, open_low=True)),
+    "diversity_loss_weight": ("diversity_loss_weight", _real(0.0)),
+    "mask_time_prob": ("mask_time_prob", _real(0.0, 1.0)),
+    "mask_time_length": ("mask_time_length", _integer(1)),
+    "mask_time_min_masks": ("mask_time_min_masks", _integer(0)),
+    "initializer_range": ("initializer_range", _real(0.0)),
+}
+# The downstream models' fields, under the original names (also the seisfuse field names).
+HEAD_FIELDS: dict[str, Validator] = {
+    "num_labels": _integer(1),
+    "num_classes": _integer(1),
+    "classifier_proj_size": _integer(1),
+    "use_weighted_layer_sum": _boolean,
+    "head_dropout_rate": _real(0.0, 1.0, open_high=True),
+}
+
+
+def _config_sources(checkpoint: Any) -> list[Mapping[str, Any]]:
+    """The model configs a Lightning file pickles: hyper_parameters.model_config (fine-tuning),
+    .config.model_config and .config (pretraining), as plain data."""
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("hyper_parameters"), Mapping):
+        return []
+    hyper = _plain(checkpoint["hyper_parameters"]) or {}
+    config = hyper.get("config")
+    nested = config.get("model_config") if isinstance(config, Mapping) else None
+    return [source for source in (hyper.get("model_config"), nested, config) if isinstance(source, Mapping)]
+
+
+def _read_fields(checkpoint: Any, fields: Mapping[str, Validator]) -> dict[str, Any]:
+    """Validated values of `fields` (name -> validator) from the first config holding each."""
+    found: dict[str, Any] = {}
+    for source in _config_sources(checkpoint):
+        for name, validate in fields.items():
+            if name not in found and source.get(name) is not None:
+                found[name] = validate(name, source[name])
+    return found
 
 
 def config_hints(checkpoint: Any) -> dict[str, Any]:
     """Wav2Vec2Config fields found in a Lightning file's pickled model config (inert data only)."""
-    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("hyper_parameters"), Mapping):
-        return {}
-    hyper = _plain(checkpoint["hyper_parameters"]) or {}
-    candidates = [hyper.get("model_config"), (hyper.get("config") or {}).get("model_config"),
-                  hyper.get("config")]
-    hints: dict[str, Any] = {}
-    for source in candidates:
-        if not isinstance(source, Mapping):
-            continue
-        for name, field in HINT_FIELDS.items():
-            if field not in hints and source.get(name) is not None:
-                hints[field] = tuple(source[name]) if isinstance(source[name], list) else source[name]
-    return hints
+    values = _read_fields(checkpoint, {name: check for name, (_, check) in HINT_FIELDS.items()})
+    return {HINT_FIELDS[name][0]: value for name, value in values.items()}
 
 
 # ----------------------------------------------------------------- configuration from shapes
@@ -393,7 +474,13 @@ def export_seislm(params: Params, cfg: Wav2Vec2Config, path: str | Path, *, ligh
     if not lightning:
         write_torch_checkpoint(path, sd)
         return
-    model_config = {field: getattr(cfg, name) for field, name in HINT_FIELDS.items()}
+    write_torch_checkpoint(path, {"state_dict": {"model." + k: v for k, v in sd.items()},
+                                  "hyper_parameters": {"config": {"model_config": _model_config(cfg)}}})
+
+
+def _model_config(cfg: Wav2Vec2Config) -> dict[str, Any]:
+    """The trunk's part of SeisLM's model_config (original names) as plain data."""
+    model_config = {field: getattr(cfg, name) for field, (name, _) in HINT_FIELDS.items()}
     model_config.update(input_dim=cfg.input_channels, conv_dim=cfg.conv_dim, conv_kernel=cfg.conv_kernel,
                         conv_bias=cfg.conv_bias, feat_extract_norm=cfg.feat_extract_norm,
                         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
@@ -403,6 +490,270 @@ def export_seislm(params: Params, cfg: Wav2Vec2Config, path: str | Path, *, ligh
                         num_codevector_groups=cfg.num_codevector_groups,
                         num_codevectors_per_group=cfg.num_codevectors_per_group,
                         codevector_dim=cfg.codevector_dim, proj_codevector_dim=cfg.proj_codevector_dim)
-    model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
+
+
+# ----------------------------------------------------------------- fine-tuned downstream models
+
+DownstreamModel = SeisLMPicker | SeisLMClassifier
+TASKS: dict[str, type[nn.Module]] = {"pick": SeisLMPicker, "classify": SeisLMClassifier}
+TASK_NAMES = {"pick": "phase picker (MultiDimWav2Vec2ForFrameClassification: classifier.*, double_conv.*)",
+              "classify": "event classifier (Wav2Vec2ForSequenceClassification: head.*)"}
+MASKED_SPEC_EMBED = "wav2vec2.masked_spec_embed"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadKey:
+    """One head tensor: its torch key and shape, its place in the Flax variables, the layout change.
+
+    kind: "linear" (weight [out, in] <-> kernel [in, out]), "conv" ([O, I, k] <-> [k, I, O]),
+    "copy", or "counter" (BatchNorm's num_batches_tracked: checked when present, not loaded,
+    written as 0; momentum 0.1 never reads it).
+    """
+
+    torch_key: str
+    shape: tuple[int, ...]
+    kind: str
+    collection: str = "params"
+    path: tuple[str, ...] = ()
+
+
+def _double_conv_keys(torch_prefix: str, flax_path: tuple[str, ...], c_in: int, c_out: int) -> list[HeadKey]:
+    keys = []
+    for conv, bn_index, width in ((0, 1, c_in), (4, 5, c_out)):
+        keys.append(HeadKey(f"{torch_prefix}.double_conv.{conv}.weight", (c_out, width, 3), "conv",
+                            path=(*flax_path, f"double_conv_{conv}", "kernel")))
+        bn, bn_path = f"{torch_prefix}.double_conv.{bn_index}", (*flax_path, f"double_conv_{bn_index}")
+        keys += [HeadKey(f"{bn}.weight", (c_out,), "copy", path=(*bn_path, "scale")),
+                 HeadKey(f"{bn}.bias", (c_out,), "copy", path=(*bn_path, "bias")),
+                 HeadKey(f"{bn}.running_mean", (c_out,), "copy", "batch_stats", (*bn_path, "mean")),
+                 HeadKey(f"{bn}.running_var", (c_out,), "copy", "batch_stats", (*bn_path, "var")),
+                 HeadKey(f"{bn}.num_batches_tracked", (), "counter")]
+    return keys
+
+
+def _linear_keys(torch_prefix: str, name: str, c_in: int, c_out: int) -> list[HeadKey]:
+    return [HeadKey(f"{torch_prefix}.weight", (c_out, c_in), "linear", path=(name, "kernel")),
+            HeadKey(f"{torch_prefix}.bias", (c_out,), "copy", path=(name, "bias"))]
+
+
+def head_key_table(model: DownstreamModel) -> list[HeadKey]:
+    """Every non-trunk tensor of the original downstream model for `model` (the one key table that
+    drives loading, export and the shape check)."""
+    cfg = model.cfg
+    h = cfg.hidden_size
+    keys: list[HeadKey] = []
+    if model.use_weighted_layer_sum:
+        count = cfg.num_hidden_layers + 1
+        keys.append(HeadKey("layer_weights", (count,), "copy", path=("layer_weights",)))
+        for i in range(count):
+            keys += [HeadKey(f"lns.{i}.weight", (h,), "copy", path=(f"lns_{i}", "scale")),
+                     HeadKey(f"lns.{i}.bias", (h,), "copy", path=(f"lns_{i}", "bias"))]
+    if isinstance(model, SeisLMPicker):
+        width = h + cfg.input_channels
+        keys += _double_conv_keys("double_conv", ("double_conv",), width, width)
+        keys += _linear_keys("classifier", "classifier", width, model.num_labels)
+    else:
+        proj = model.classifier_proj_size
+        keys += _double_conv_keys("head.1", ("head_1",), h, h)
+        keys += _double_conv_keys("head.2", ("head_2",), h, proj)
+        keys += _linear_keys("head.4", "head_4", proj, model.num_classes)
+    return keys
+
+
+def detect_task(state: Mapping[str, Any]) -> str:
+    """"pick" or "classify", from the head keys of a fine-tuned state_dict (without `model.`)."""
+    pick = [k for k in state if k.startswith(("classifier.", "double_conv."))]
+    classify = [k for k in state if k.startswith("head.")]
+    if pick and classify:
+        raise CheckpointError(f"the file holds both phase-picker keys ({pick[0]}) and event-classifier "
+                              f"keys ({classify[0]}): not one SeisLM downstream model")
+    if pick or classify:
+        return "pick" if pick else "classify"
+    if any(k.startswith(PRETRAINING_PREFIXES) for k in state):
+        raise CheckpointError("this is a SeisLM pretraining checkpoint (quantizer/project_* keys), not a "
+                              "fine-tuned model: load it with load_seislm")
+    raise CheckpointError("no SeisLM downstream head keys found (classifier.* / double_conv.* of the phase "
+                          "picker, head.* of the event classifier)")
+
+
+def _build_model(task: str, cfg: Wav2Vec2Config, state: Mapping[str, Any],
+                 fields: Mapping[str, Any]) -> DownstreamModel:
+    """The downstream model the head tensors describe; the file's config must agree with them."""
+    weighted = "layer_weights" in state
+    # The output Linear sizes the head; without it (reported missing by the full key check later)
+    # the config or the original defaults stand in.
+    weight = state.get("classifier.weight" if task == "pick" else "head.4.weight")
+    shape = np.shape(weight) if weight is not None and np.ndim(weight) == 2 else None
+    if task == "pick":
+        sizes = {"num_labels": shape[0] if shape else fields.get("num_labels", 3)}
+    else:
+        sizes = {"num_classes": shape[0] if shape else fields.get("num_classes", 2),
+                 "classifier_proj_size": shape[1] if shape else fields.get("classifier_proj_size", 256)}
+    for name, value in [*sizes.items(), ("use_weighted_layer_sum", weighted)]:
+        if name in fields and fields[name] != value:
+            raise CheckpointError(f"model_config.{name} = {fields[name]!r} but the tensors say {value!r}")
+    dropout = fields.get("head_dropout_rate", 0.2)
+    try:
+        return TASKS[task](cfg, **sizes, use_weighted_layer_sum=weighted, head_dropout_rate=dropout)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"inconsistent {task} head {sizes}: {exc}") from exc
+
+
+def _check_finetuned_state(state: Mapping[str, Any], model: DownstreamModel) -> None:
+    """CheckpointError listing every missing, unexpected and mis-shaped key of the whole model."""
+    expected = expected_shapes(model.cfg, pretraining=False, masked_spec_embed=MASKED_SPEC_EMBED in state)
+    table = head_key_table(model)
+    expected.update({k.torch_key: k.shape for k in table if k.kind != "counter"})
+    optional = {k.torch_key: k.shape for k in table if k.kind == "counter"}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in optional]
+    wrong = [f"{k}: file {tuple(np.shape(v))}, expected {shape}" for k, v in state.items()
+             for shape in [expected.get(k, optional.get(k))] if shape is not None and np.shape(v) != shape]
+    wrong += [f"{k}: dtype {np.asarray(state[k]).dtype}, expected an integer counter" for k in optional
+              if k in state and not np.issubdtype(np.asarray(state[k]).dtype, np.integer)]
+    if missing or unexpected or wrong:
+        lines = [f"SeisLM {model.__class__.__name__}: the checkpoint does not match the model its keys "
+                 "and config describe."]
+        for label, items, sep in (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
+                                  ("wrong shapes or types", wrong, "; ")):
+            if items:
+                lines.append(f"{label} ({len(items)}): " + sep.join(items))
+        raise CheckpointError("\n".join(lines))
+
+
+def _to_flax(value: Any, kind: str) -> np.ndarray:
+    array = float32(value)
+    return array.T if kind == "linear" else array.transpose(2, 1, 0) if kind == "conv" else array
+
+
+def _to_torch(value: Any, kind: str) -> np.ndarray:
+    array = np.asarray(value, np.float32)
+    return array.T if kind == "linear" else array.transpose(2, 1, 0) if kind == "conv" else array
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _state_to_variables(state: Mapping[str, Any], model: DownstreamModel) -> dict[str, Params]:
+    trunk_state = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
+    trunk, _ = state_dict_to_params(trunk_state, model.cfg)
+    variables: dict[str, Params] = {"params": trunk, "batch_stats": {}}
+    for key in head_key_table(model):
+        if key.kind != "counter":
+            _set(variables[key.collection], key.path, _to_flax(state[key.torch_key], key.kind))
+    return variables
+
+
+def load_seislm_finetuned(path: str | Path, task: str | None = None,
+                          **overrides: Any) -> tuple[DownstreamModel, dict[str, Params]]:
+    """Read a fine-tuned SeisLM Lightning `.ckpt` (phase picker or event classifier) safely, without torch.
+
+    Returns (model, variables): `model.apply(variables, waveforms [B, T, 3])` gives the picker's
+    probabilities [B, T, 3] (P, S, noise) or the classifier's logits [B, classes]. The task and the
+    head sizes come from the keys, checked against the pickled model_config; `task` ("pick" or
+    "classify") insists on one. `overrides` set trunk config fields the file cannot tell.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)} or None, got {task!r}")
+    checkpoint = read_torch_checkpoint(path)
+    state = seislm_state_dict(checkpoint)
+    found = detect_task(state)
+    if task is not None and found != task:
+        raise CheckpointError(f"{path} is a SeisLM {TASK_NAMES[found]}, not a {TASK_NAMES[task]}")
+    fields = _read_fields(checkpoint, HEAD_FIELDS)
+    cfg = infer_config({k: v for k, v in state.items() if k.startswith("wav2vec2.")},
+                       config_hints(checkpoint), **overrides)
+    model = _build_model(found, cfg, state, fields)
+    _check_finetuned_state(state, model)
+    return model, to_jax(_state_to_variables(state, model))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat: dict[tuple[str, ...], Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, (*prefix, name)))
+        else:
+            flat[(*prefix, name)] = value
+    return flat
+
+
+def finetuned_state_dict(model: DownstreamModel, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The original downstream model's state_dict for these variables (params + batch_stats).
+
+    Raises CheckpointError when the variables lack a tensor the original has, hold one it does
+    not have, or hold one of the wrong shape.
+    """
+    variables = nn.unbox(dict(variables))
+    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+    if "wav2vec2" not in params:
+        raise CheckpointError("variables['params'] has no 'wav2vec2' trunk")
+    sd = params_to_state_dict({"wav2vec2": params["wav2vec2"]}, model.cfg)
+    flat = {"params": _flatten(params), "batch_stats": _flatten(stats)}
+    missing = []
+    for key in head_key_table(model):
+        if key.kind == "counter":
+            sd[key.torch_key] = np.zeros((), np.int64)
+        elif key.path not in flat[key.collection]:
+            missing.append(f"{key.collection}/{'/'.join(key.path)}")
+        else:
+            sd[key.torch_key] = np.ascontiguousarray(_to_torch(flat[key.collection][key.path], key.kind))
+    if missing:
+        raise CheckpointError(f"variables lack {len(missing)} tensors of the {model.__class__.__name__}: "
+                              + ", ".join(missing))
+    _check_finetuned_state(sd, model)
+    # Everything the variables hold must have gone into the file: compare with its inverse.
+    back = {c: _flatten(tree) for c, tree in _state_to_variables(sd, model).items()}
+    extra = [f"{c}/{'/'.join(p)}" for c in flat for p in flat[c] if p not in back[c]]
+    if extra:
+        raise CheckpointError(f"variables hold tensors the original {model.__class__.__name__} does not "
+                              "have: " + ", ".join(extra))
+    return sd
+
+
+def export_seislm_finetuned(model: DownstreamModel, variables: Mapping[str, Any], path: str | Path) -> None:
+    """Write a Lightning-style `.ckpt`: 'state_dict' (keys prefixed `model.`) loads with
+    `load_state_dict(..., strict=True)` into the original downstream model; 'hyper_parameters'
+    holds its model_config as plain data. num_batches_tracked is written as 0."""
+    sd = finetuned_state_dict(model, variables)
+    model_config = _model_config(model.cfg)
+    model_config.update({k: v for k, v in finetuned_model_config(model).items() if k in HEAD_FIELDS})
     write_torch_checkpoint(path, {"state_dict": {"model." + k: v for k, v in sd.items()},
-                                  "hyper_parameters": {"config": {"model_config": model_config}}})
+                                  "hyper_parameters": {"model_config": model_config}})
+
+
+def finetuned_model_config(model: DownstreamModel) -> dict[str, Any]:
+    """JSON-able description of a downstream model (rebuild it with `finetuned_model_from_config`)."""
+    config: dict[str, Any] = {"task": "pick" if isinstance(model, SeisLMPicker) else "classify",
+                              "wav2vec2": {k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in model.cfg.to_dict().items()},
+                              "use_weighted_layer_sum": model.use_weighted_layer_sum,
+                              "head_dropout_rate": model.head_dropout_rate}
+    if isinstance(model, SeisLMPicker):
+        config["num_labels"] = model.num_labels
+    else:
+        config.update(num_classes=model.num_classes, classifier_proj_size=model.classifier_proj_size)
+    return config
+
+
+def finetuned_model_from_config(config: Mapping[str, Any]) -> DownstreamModel:
+    """The downstream model `finetuned_model_config` described; CheckpointError on anything else."""
+    if not isinstance(config, Mapping) or config.get("task") not in TASKS:
+        task = config.get("task") if isinstance(config, Mapping) else config
+        raise CheckpointError(f"not a SeisLM downstream config: task {task!r} is not one of {sorted(TASKS)}")
+    task = config["task"]
+    allowed = {"task", "wav2vec2", "use_weighted_layer_sum", "head_dropout_rate",
+               *(("num_labels",) if task == "pick" else ("num_classes", "classifier_proj_size"))}
+    unknown = sorted(set(config) - allowed)
+    if unknown or not isinstance(config.get("wav2vec2"), Mapping):
+        raise CheckpointError(f"{task} config: unknown fields {unknown} or no 'wav2vec2' mapping")
+    head = {name: HEAD_FIELDS[name](name, value) for name, value in config.items() if name in HEAD_FIELDS}
+    try:
+        cfg = Wav2Vec2Config.from_dict(dict(config["wav2vec2"]))
+        return TASKS[task](cfg, **head)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid {task} config: {exc}") from exc

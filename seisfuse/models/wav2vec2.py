@@ -162,6 +162,19 @@ def check_waveform_shape(shape: tuple[int, ...], channels: int) -> None:
                          f"{shape}{hint}")
 
 
+def check_inputs(cfg: Wav2Vec2Config, waveforms: jax.Array, attention_mask: jax.Array | None = None) -> None:
+    """Raise a ValueError naming the problem unless `waveforms` [B, T, C] (and the optional sample
+    mask [B, T]) fit `cfg`; concrete inputs (eager calls, or closed over under jit) must be finite."""
+    check_waveform_shape(waveforms.shape, cfg.input_channels)
+    if cfg.frames(waveforms.shape[1]) < 1:
+        raise ValueError(f"{waveforms.shape[1]} samples are too few for the conv feature encoder")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(waveforms.shape[:2]):
+        raise ValueError(f"attention_mask must be [B, T] = {tuple(waveforms.shape[:2])}, "
+                         f"got {tuple(attention_mask.shape)}")
+    if not isinstance(waveforms, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(waveforms))):
+        raise ValueError("waveforms contain NaN or inf")
+
+
 # --------------------------------------------------------------------------- feature encoder
 
 
@@ -352,12 +365,18 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """x + PosConv(x), then the layers; the one LayerNorm comes last (pre-LN) or first (post-LN)."""
+    """x + PosConv(x), then the layers; the one LayerNorm comes last (pre-LN) or first (post-LN).
+
+    Returns every hidden state in HuggingFace's `output_hidden_states` order (N + 1 of them): the
+    input of each of the N layers, then the output. Pre-LN: [embedding, layers 0..N−2 un-normed,
+    final LayerNorm output]; post-LN: [LayerNorm(embedding), layers 0..N−1]. The last one is the
+    encoder's output (unused ones cost nothing under jit).
+    """
 
     cfg: Wav2Vec2Config
 
     @nn.compact
-    def __call__(self, x: jax.Array, frame_mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, frame_mask: jax.Array | None) -> tuple[jax.Array, ...]:
         c = self.cfg
         if frame_mask is not None:
             x = jnp.where(frame_mask[..., None], x, 0)
@@ -365,9 +384,28 @@ class Encoder(nn.Module):
         norm = layer_norm(c.layer_norm_eps, jnp.dtype(c.dtype), "layer_norm")
         if not c.do_stable_layer_norm:
             x = norm(x)
+        states = []
         for i in range(c.num_hidden_layers):
+            states.append(x)
             x = EncoderLayer(c, name=f"layers_{i}")(x, frame_mask)
-        return norm(x) if c.do_stable_layer_norm else x
+        states.append(norm(x) if c.do_stable_layer_norm else x)
+        return tuple(states)
+
+
+def weighted_layer_sum(hidden_states: tuple[jax.Array, ...] | list[jax.Array],
+                       layer_weights: jax.Array) -> jax.Array:
+    """Σ_i softmax(layer_weights)_i · hidden_states[i] (SeisLM's `use_weighted_layer_sum`).
+
+    The downstream models normalise each state with its own LayerNorm first; that stays with them
+    because those norms are their parameters (`lns.{i}`), not the trunk's.
+    """
+    if layer_weights.shape != (len(hidden_states),):
+        raise ValueError(f"layer_weights must have one weight per hidden state ({len(hidden_states)}), "
+                         f"got shape {layer_weights.shape}")
+    weights = jax.nn.softmax(layer_weights.astype(jnp.float32))
+    stacked = jnp.stack(hidden_states, axis=0)
+    return jnp.einsum("n,n...->...", weights.astype(stacked.dtype), stacked,
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 def frame_attention_mask(cfg: Wav2Vec2Config, num_frames: int, batch: int,
@@ -391,13 +429,17 @@ def frame_attention_mask(cfg: Wav2Vec2Config, num_frames: int, batch: int,
 
 
 class Wav2Vec2Model(nn.Module):
-    """Feature encoder -> projection -> time masking -> transformer; returns (hidden, extract_features)."""
+    """Feature encoder -> projection -> time masking -> transformer.
+
+    Returns (last hidden state [B, L, H], extract_features, every hidden state as `Encoder`).
+    """
 
     cfg: Wav2Vec2Config
 
     @nn.compact
     def __call__(self, waveforms: jax.Array, mask_time_indices: jax.Array | None = None,
-                 attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                 attention_mask: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
         c = self.cfg
         features = FeatureEncoder(c, name="feature_extractor")(waveforms)
         hidden, extract_features = FeatureProjection(c, name="feature_projection")(features)
@@ -412,7 +454,8 @@ class Wav2Vec2Model(nn.Module):
             hidden = jnp.where(mask_time_indices.astype(bool)[..., None], embed.astype(hidden.dtype),
                                hidden)
         frame_mask = frame_attention_mask(c, frames, batch, attention_mask)
-        return Encoder(c, name="encoder")(hidden, frame_mask), extract_features
+        states = Encoder(c, name="encoder")(hidden, frame_mask)
+        return states[-1], extract_features, states
 
 
 # --------------------------------------------------------------------------- quantizer
@@ -495,22 +538,11 @@ class Wav2Vec2ForPreTraining(nn.Module):
                                   kernel_init=logical(uniform_init(q_bound), (None, None)),
                                   bias_init=logical(uniform_init(q_bound), (None,)))
 
-    def _check(self, waveforms: jax.Array, attention_mask: jax.Array | None) -> None:
-        check_waveform_shape(waveforms.shape, self.cfg.input_channels)
-        if self.cfg.frames(waveforms.shape[1]) < 1:
-            raise ValueError(f"{waveforms.shape[1]} samples are too few for the conv feature encoder")
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(waveforms.shape[:2]):
-            raise ValueError(f"attention_mask must be [B, T] = {tuple(waveforms.shape[:2])}, "
-                             f"got {tuple(attention_mask.shape)}")
-        # Concrete inputs (eager calls, or closed over under jit) are checked on the host.
-        if not isinstance(waveforms, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(waveforms))):
-            raise ValueError("waveforms contain NaN or inf")
-
     def encode(self, waveforms: jax.Array, *, mask_time_indices: jax.Array | None = None,
                attention_mask: jax.Array | None = None) -> jax.Array:
         """Last hidden state [B, L, H] of waveforms [B, T, C]; masked frames (bool [B, L]) get
         `masked_spec_embed`; `attention_mask` [B, T] (1 = real sample) excludes right padding."""
-        self._check(waveforms, attention_mask)
+        check_inputs(self.cfg, waveforms, attention_mask)
         return self.wav2vec2(waveforms, mask_time_indices, attention_mask)[0]
 
     def __call__(self, waveforms: jax.Array, *, mask_time_indices: jax.Array,
@@ -521,7 +553,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
         mask_time_indices bool [B, L]; sampled_negative_indices int [B, L, K] into the flattened
         B·L frames (see `seisfuse.masking`). train=True draws Gumbel noise from the 'gumbel' rng.
         """
-        self._check(waveforms, attention_mask)
+        check_inputs(self.cfg, waveforms, attention_mask)
         c = self.cfg
         frames = c.frames(waveforms.shape[1])
         if sampled_negative_indices.ndim != 3 or tuple(sampled_negative_indices.shape[:2]) != (
@@ -529,7 +561,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
             raise ValueError(f"sampled_negative_indices must be [B, L, K] with [B, L] = "
                              f"{(waveforms.shape[0], frames)}, got {tuple(sampled_negative_indices.shape)}")
         mask = mask_time_indices.astype(bool)
-        hidden, extract_features = self.wav2vec2(waveforms, mask, attention_mask)
+        hidden, extract_features, _ = self.wav2vec2(waveforms, mask, attention_mask)
         projected_states = self.project_hid(hidden)
         quantized, perplexity, code_ids = self.quantizer(extract_features, mask, gumbel_temperature, train)
         projected_quantized_states = self.project_q(quantized)
