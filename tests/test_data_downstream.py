@@ -324,6 +324,23 @@ def test_pick_table_missing_and_corrupt_files_named_or_skipped(tmp_path):
         PickTableSource(table)
 
 
+def test_record_table_with_event_classes_feeds_the_classify_task(tmp_path):
+    from obspy import UTCDateTime
+
+    _record(tmp_path / "a.mseed", UTCDateTime(0))
+    _record(tmp_path / "b.mseed", UTCDateTime(0), seed=1)
+    table = tmp_path / "events.csv"
+    table.write_text("file,p_time,s_time,label\na.mseed,3.0,,2\nb.mseed,,,0\n")
+    source = PickTableSource(table)
+    assert [int(source[i]["label"]) for i in range(2)] == [2, 0]
+    batch = next(iter(make_dataset(source, task="classify", batch_size=2, seed=0, shuffle=False,
+                                   label_key="label")))
+    assert batch["label"].tolist() == [2, 0] and batch["waveform"].shape == (2, 3001, 3)
+    table.write_text("file,p_time,s_time,label\na.mseed,3.0,,foreshock\n")
+    with pytest.raises(SeismicDataError, match="line 2: label 'foreshock' is not a class id"):
+        PickTableSource(table)
+
+
 # ----------------------------------------------------------------------------- make_source
 
 

@@ -44,7 +44,7 @@ def test_task_batches(synthetic):
     shapes = {
         "mae": {"image": (4, 224, 224, 1)},
         "waveform": {"waveform": (4, 3001, 3)},
-        "picking": {"waveform": (4, 3001, 3), "labels": (4, 3001, 3)},
+        "picking": {"waveform": (4, 3001, 3), "labels": (4, 3001, 3), "p_sample": (4,), "s_sample": (4,)},
         "paired": {
             "image": (4, 224, 224, 1),
             "waveform": (4, 3001, 3),

@@ -157,7 +157,8 @@ class PickTableSource:
     missing components zero-filled), so a record must cover `window` samples.
 
     Items: {"waveform": float32 [window, 3], "p_sample", "s_sample": float32 sample indices in the
-    window, NaN when absent or outside the window read}.
+    window, NaN when absent or outside the window read}, plus "label" (int32) when the table has a
+    `label` column (event classes for the classify task; every row needs an integer there).
 
     A table row that names a missing file raises (naming row and file) when the source is built;
     one whose file is corrupt raises when read. skip_bad=True instead reads every record once
@@ -186,6 +187,7 @@ class PickTableSource:
         self.times: list[tuple[Any, Any]] = []  # per pick: None, seconds (float) or UTCDateTime
         self.rows: list[int] = []  # table line of each kept record (header = line 1)
         self.skipped: list[tuple[int, str]] = []
+        self.labels: list[int] | None = [] if "label" in columns else None
         for line, row in enumerate(rows, start=2):
             name = (row["file"] or "").strip()
             if not name:
@@ -199,6 +201,8 @@ class PickTableSource:
                     raise SeismicDataError(reason)
                 self.skipped.append((line, reason))
                 continue
+            if self.labels is not None:
+                self.labels.append(_class_label(row["label"], f"{self.table} line {line}"))
             self.files.append(path)
             self.times.append(times)
             self.rows.append(line)
@@ -218,6 +222,8 @@ class PickTableSource:
                 keep.append(i)
         self.files, self.times, self.rows = ([x[i] for i in keep]
                                              for x in (self.files, self.times, self.rows))
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -242,7 +248,19 @@ class PickTableSource:
                 sample = seconds * SAMPLING_RATE
                 sample = sample if 0 <= sample < self.window else np.nan
             out[key] = np.float32(sample)
+        if self.labels is not None:
+            out["label"] = np.int32(self.labels[index])
         return out
+
+
+def _class_label(text: str | None, where: str) -> int:
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        raise SeismicDataError(f"{where}: label {text!r} is not a class id (a non-negative integer)") from None
+    if value < 0:
+        raise SeismicDataError(f"{where}: label {value} is negative; class ids start at 0")
+    return value
 
 
 def _pick_time(text: str | None, utc, where: str):
