@@ -257,7 +257,7 @@ def _class_label(text: str | None, where: str) -> int:
     try:
         value = int((text or "").strip())
     except ValueError:
-        raise SeismicDataError(f"{where}: label {text!r} is not a class id (a non-negative integer)") from None
+        raise SeismicDataError(f"{where}: label {text!r} is not a class id (an integer >= 0)") from None
     if value < 0:
         raise SeismicDataError(f"{where}: label {value} is negative; class ids start at 0")
     return value
