@@ -240,7 +240,7 @@ def test_model_config_round_trips_through_json(tmp_path):
         finetuned_model_from_config({**config, "task": "segment"})
     with pytest.raises(CheckpointError, match="num_labels"):
         finetuned_model_from_config({**config, "num_labels": 3})
-    with pytest.raises(CheckpointError, match="num_classes must be an integer"):
+    with pytest.raises(CheckpointError, match="num_classes must be an integer in"):
         finetuned_model_from_config({**config, "num_classes": "4"})
 
 
@@ -301,7 +301,8 @@ def plain_config(hyper, **values):
 
 @pytest.mark.parametrize("name,edit,match", [
     ("heads", lambda h: setattr(h["model_config"], "num_attention_heads", -4),
-     "num_attention_heads must be an integer >= 1, got -4"),
+     r"num_attention_heads must be an integer in \[1, 2147483647\], got -4"),
+    ("huge", lambda h: plain_config(h, num_attention_heads=10**5000), "got an integer of 16610 bits"),
     ("stride", lambda h: setattr(h["model_config"], "conv_stride", [2, 0]), "conv_stride must be"),
     ("eps", lambda h: plain_config(h, layer_norm_eps="1e-5"), "layer_norm_eps must be a finite number"),
     ("nan", lambda h: plain_config(h, layer_norm_eps=float("nan")), "layer_norm_eps must be a finite"),
@@ -317,7 +318,7 @@ def test_hostile_config_values_are_refused(tmp_path, name, edit, match):
         load_seislm_finetuned(path)
 
 
-def test_deep_or_cyclic_config_nesting_is_refused(tmp_path):
+def test_deep_cyclic_or_odd_structures_are_refused(tmp_path):
     def cyclic(hyper):
         loop: list = []
         loop.append(loop)
@@ -337,6 +338,9 @@ def test_deep_or_cyclic_config_nesting_is_refused(tmp_path):
                 loader(path)
     odd = hostile(tmp_path, "odd", lambda h: h.update(config=[1, 2]))
     load_seislm_finetuned(odd)  # a non-mapping 'config' entry is no config, not a crash
+    torch.save({"state_dict": {3: torch.zeros(2)}}, tmp_path / "int-keys.ckpt")
+    with pytest.raises(CheckpointError, match="keys that are not strings"):
+        load_seislm_finetuned(tmp_path / "int-keys.ckpt")
 
 
 def test_input_errors_name_the_problem(tmp_path):

@@ -62,6 +62,10 @@ def seislm_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
     the legacy `weight_g`/`weight_v` positional-conv keys to the parametrizations names.
     """
     state = find_state_dict(checkpoint, ("state_dict", "model"))
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"the state_dict has {len(odd)} keys that are not strings (first: "
+                              f"{type(odd[0]).__name__}): not a PyTorch state_dict")
     if any(k.startswith("model.wav2vec2.") for k in state):  # Lightning module attribute `model`
         state = {k.removeprefix("model."): v for k, v in state.items()}
     bare = "feature_extractor.conv_layers.0.conv.weight" in state
@@ -102,10 +106,23 @@ def _plain(value: Any, depth: int = 0) -> Any:
 Validator = Callable[[str, Any], Any]
 
 
+def _shown(value: Any) -> str:
+    """A short repr for error messages (a hostile value may be huge; an int beyond 4300 digits
+    cannot even be printed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+MAX_CONFIG_INT = 2**31 - 1  # no size, count or stride comes near it; larger is corrupt or hostile
+
+
 def _integer(low: int) -> Validator:
     def check(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise CheckpointError(f"model_config.{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_CONFIG_INT:
+            raise CheckpointError(f"model_config.{name} must be an integer in [{low}, {MAX_CONFIG_INT}], "
+                                  f"got {_shown(value)}")
         return value
     return check
 
@@ -113,26 +130,32 @@ def _integer(low: int) -> Validator:
 def _real(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
           ) -> Validator:
     def check(name: str, value: Any) -> float:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        ok = ok and (value > low if open_low else value >= low)
-        ok = ok and (value < high if open_high else value <= high)
-        if not ok:
+        number = math.nan
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                pass
+        ok = math.isfinite(number) and (number > low if open_low else number >= low)
+        if not (ok and (number < high if open_high else number <= high)):
             span = f"{'(' if open_low else '['}{low}, {high}{')' if open_high or high == math.inf else ']'}"
-            raise CheckpointError(f"model_config.{name} must be a finite number in {span}, got {value!r}")
-        return float(value)
+            raise CheckpointError(f"model_config.{name} must be a finite number in {span}, "
+                                  f"got {_shown(value)}")
+        return number
     return check
 
 
 def _boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise CheckpointError(f"model_config.{name} must be true or false, got {value!r}")
+        raise CheckpointError(f"model_config.{name} must be true or false, got {_shown(value)}")
     return value
 
 
 def _positive_ints(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        raise CheckpointError(f"model_config.{name} must be a non-empty list of integers >= 1, got {value!r}")
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_CONFIG_INT for v in value):
+        raise CheckpointError(f"model_config.{name} must be a non-empty list of integers in "
+                              f"[1, {MAX_CONFIG_INT}], got {_shown(value)}")
     return tuple(value)
 
 

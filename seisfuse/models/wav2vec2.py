@@ -1,7 +1,7 @@
 """SeisLM: wav2vec 2.0 on 3-component seismograms, in Flax Linen.
 
 A faithful port of SeisLM's PyTorch model (HuggingFace's `Wav2Vec2ForPreTraining` with a
-multi-channel first conv); specs/seislm.md lists the facts it reproduces. The same code imports
+multi-channel first conv); docs/specs.md lists the facts it reproduces. The same code imports
 HuggingFace audio wav2vec2 checkpoints: `feat_extract_norm="group"` with the post-LN transformer
 (`do_stable_layer_norm=False`) and `input_channels=1`.
 
