@@ -1,8 +1,11 @@
-"""SFM checkpoints <-> Flax params for `seisfuse.models.mae.MaskedAutoencoder`.
+"""SFM checkpoints <-> Flax params for `seisfuse.models.mae.MaskedAutoencoder` and for SFM's
+fine-tuned downstream models (`seisfuse.models.sfm_heads`).
 
 The config is inferred from tensor shapes (width, depth, patch, channels, image size from pos_embed,
 decoder present or not); the head count is not visible in shapes, so it comes from the preset table
-(or an explicit override). Fine-tuned files load their encoder and report the head keys they carry.
+(or an explicit override). `load_sfm` reads the encoder of any SFM file and reports the head keys
+it ignores; `load_sfm_finetuned` reads a whole fine-tuned model, driven by one key table
+(`head_table`) for the head weights.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from seisfuse.convert.common import (
@@ -26,9 +31,15 @@ from seisfuse.convert.common import (
     report_unused,
     to_jax,
 )
-from seisfuse.convert.torch_format import CheckpointError, read_torch_checkpoint, write_torch_checkpoint
+from seisfuse.convert.torch_format import (
+    CheckpointError,
+    Placeholder,
+    read_torch_checkpoint,
+    write_torch_checkpoint,
+)
 from seisfuse.models.layers import sincos_pos_embed_2d
 from seisfuse.models.mae import MAE_PRESETS, MAEConfig
+from seisfuse.models.sfm_heads import CUP_CHANNELS, CUP_SKIP_CHANNELS, SFMRegressor, SFMSegmenter
 
 Params = dict[str, Any]
 
@@ -113,8 +124,6 @@ def expected_shapes(cfg: MAEConfig) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------- torch -> flax
 
 
-
-
 def _block(state: dict[str, Any], key: str, heads: int) -> Params:
     qkv_w, qkv_b = float32(state[f"{key}.attn.qkv.weight"]), float32(state[f"{key}.attn.qkv.bias"])
     width = qkv_w.shape[1]
@@ -166,10 +175,7 @@ def load_sfm(path: str | Path, *, num_heads: int | None = None,
     return cfg, to_jax(params)
 
 
-
 # ----------------------------------------------------------------- flax -> torch
-
-
 
 
 def _block_back(p: Params, key: str) -> dict[str, np.ndarray]:
@@ -212,3 +218,273 @@ def export_sfm(params: Params, cfg: MAEConfig, path: str | Path) -> None:
     """Write {'model': state_dict} like SFM's save_model; loads with torch.load + strict=True."""
     write_torch_checkpoint(path, {"model": params_to_state_dict(params, cfg),
                                   "seisfuse_config": dataclasses.asdict(cfg)})
+
+
+# ----------------------------------------------------------------- fine-tuned downstream models
+
+FineTuned = SFMSegmenter | SFMRegressor
+
+# SFM's factory names: (width, depth, patch, heads); the head count is in no tensor.
+FACTORIES: dict[str, tuple[int, int, int, int]] = {
+    "mae_vit_small_patch16": (768, 6, 16, 12),
+    "vit_base_patch16": (768, 12, 16, 12),
+    "vit_large_patch16": (1024, 24, 16, 16),
+    "vit_huge_patch14": (1280, 32, 14, 16),
+}
+SEGMENT_KEY, REGRESS_KEY = "decoder.cls.weight", "decoder.conv_more.0.weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadEntry:
+    """One torch module of a head: its key prefix, the Flax path of its params, kind and weight shape.
+
+    kind "conv": Conv2d weight [O, I, kh, kw] <-> kernel [kh, kw, I, O] (+ bias); "linear": weight
+    [out, in] <-> kernel [in, out] + bias; "bn": BatchNorm2d weight/bias <-> params scale/bias and
+    running_mean/var <-> batch_stats mean/var (num_batches_tracked dropped, written back as 0).
+    """
+
+    torch: str
+    path: tuple[str, ...]
+    kind: str
+    shape: tuple[int, ...]
+    bias: bool = True
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.kind == "bn":
+            names = ("weight", "bias", "running_mean", "running_var")
+            return {f"{self.torch}.{n}": self.shape for n in names}
+        bias = {f"{self.torch}.bias": self.shape[:1]} if self.bias else {}
+        return {f"{self.torch}.weight": self.shape, **bias}
+
+
+def _conv_bn(torch_conv: str, torch_bn: str, path: tuple[str, ...], out: int, inp: int) -> list[HeadEntry]:
+    return [HeadEntry(torch_conv, (*path, "conv"), "conv", (out, inp, 3, 3), bias=False),
+            HeadEntry(torch_bn, (*path, "bn"), "bn", (out,))]
+
+
+def head_table(model: FineTuned) -> list[HeadEntry]:
+    """Every head module of `model` with its torch key, in the original state_dict's order."""
+    d = model.cfg.embed_dim
+    if isinstance(model, SFMSegmenter):
+        hc, classes = model.head_channels, model.num_classes
+        table = [HeadEntry("head", ("head",), "linear", (classes, d))]
+        for k in range(2, 6):
+            prefix = f"decoder.mlahead.head{k}"
+            table += _conv_bn(f"{prefix}.0", f"{prefix}.1", ("decoder", f"head{k}_0"), hc, d)
+            table += _conv_bn(f"{prefix}.3", f"{prefix}.4", ("decoder", f"head{k}_1"), hc, hc)
+        return table + [HeadEntry("decoder.cls", ("decoder", "cls"), "conv", (classes, 4 * hc, 3, 3)),
+                        HeadEntry("segmentation_head.0", ("segmentation_head",), "conv", (classes, 16, 3, 3))]
+    out = model.out_channels
+    table = [HeadEntry("head", ("head",), "linear", (out, d)),
+             *_conv_bn("decoder.conv_more.0", "decoder.conv_more.1", ("decoder", "conv_more"),
+                       CUP_SKIP_CHANNELS, model.cfg.in_chans)]
+    inputs = (d, *CUP_CHANNELS[:-1])
+    for i, (inp, features) in enumerate(zip(inputs, CUP_CHANNELS, strict=True)):
+        inp += CUP_SKIP_CHANNELS if i == len(CUP_CHANNELS) - 1 else 0
+        for j, width in ((1, inp), (2, features)):
+            prefix, path = f"decoder.blocks.{i}.conv{j}", ("decoder", f"blocks_{i}_conv{j}")
+            table += _conv_bn(f"{prefix}.0", f"{prefix}.1", path, features, width)
+    return table + [HeadEntry("segmentation_head.0", ("segmentation_head",), "conv",
+                              (out, CUP_CHANNELS[-1], 1, 1))]
+
+
+def finetuned_expected_shapes(model: FineTuned) -> dict[str, tuple[int, ...]]:
+    """Every key of the original fine-tuned model's state_dict (bar num_batches_tracked), with shapes."""
+    shapes = expected_shapes(_encoder_cfg(model))
+    for entry in head_table(model):
+        shapes.update(entry.shapes())
+    return shapes
+
+
+def _encoder_cfg(model: FineTuned) -> MAEConfig:
+    return dataclasses.replace(model.cfg, decoder=False)
+
+
+def _set(tree: Params, path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def _head_to_flax(state: dict[str, Any], entry: HeadEntry, params: Params, stats: Params) -> None:
+    key = entry.torch
+    if entry.kind == "bn":
+        _set(params, entry.path, norm(state, key))
+        _set(stats, entry.path, {"mean": float32(state[f"{key}.running_mean"]),
+                                 "var": float32(state[f"{key}.running_var"])})
+    elif entry.kind == "linear":
+        _set(params, entry.path, linear(state, key))
+    else:
+        conv = {"kernel": float32(state[f"{key}.weight"]).transpose(2, 3, 1, 0)}
+        if entry.bias:
+            conv["bias"] = float32(state[f"{key}.bias"])
+        _set(params, entry.path, conv)
+
+
+def _head_to_torch(entry: HeadEntry, params: Params, stats: Params) -> dict[str, np.ndarray]:
+    key, p = entry.torch, _get(params, entry.path)
+    if entry.kind == "bn":
+        s = _get(stats, entry.path)
+        return {**norm_back(p, key), f"{key}.running_mean": np.asarray(s["mean"]),
+                f"{key}.running_var": np.asarray(s["var"]),
+                f"{key}.num_batches_tracked": np.array(0, np.int64)}
+    if entry.kind == "linear":
+        return linear_back(p, key)
+    out = {f"{key}.weight": np.asarray(p["kernel"]).transpose(3, 2, 0, 1)}
+    if entry.bias:
+        out[f"{key}.bias"] = np.asarray(p["bias"])
+    return out
+
+
+def _training_args(checkpoint: Any) -> dict[str, Any]:
+    """The fields of the argparse.Namespace SFM's save_model pickles under 'args' ({} if none).
+
+    The safe reader turns the Namespace into an inert Placeholder whose `state` is its __dict__;
+    anything else under 'args' is ignored.
+    """
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if (isinstance(args, Placeholder) and (args.module, args.qualname) == ("argparse", "Namespace")
+            and isinstance(args.state, dict)):
+        return {k: v for k, v in args.state.items() if isinstance(k, str)}
+    return {}
+
+
+def _resolve_heads(checkpoint: Any, state: dict[str, Any], num_heads: int | None) -> int | None:
+    """Head count: explicit, else the factory named in args.model (checked against the tensors),
+    else a seisfuse export's config; None leaves it to the presets (`infer_config`)."""
+    if num_heads is not None:
+        return num_heads
+    factory = _training_args(checkpoint).get("model")
+    embed = np.shape(state.get("patch_embed.proj.weight"))
+    if isinstance(factory, str) and factory in FACTORIES and len(embed) == 4:
+        width, depth, patch, heads = FACTORIES[factory]
+        found = (embed[0], _count_blocks(state, "blocks"), embed[-1])
+        if found != (width, depth, patch):
+            raise CheckpointError(
+                f"args.model is {factory!r} (width {width}, depth {depth}, patch {patch}) but the tensors "
+                f"have width {found[0]}, depth {found[1]}, patch {found[2]}: pass num_heads explicitly")
+        return heads
+    encoder = _saved_config(checkpoint).get("encoder")
+    heads = encoder.get("num_heads") if isinstance(encoder, dict) else None
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
+
+
+def _saved_config(checkpoint: Any) -> dict[str, Any]:
+    """The `finetuned_model_config` an `export_sfm_finetuned` file carries ({} if none)."""
+    saved = checkpoint.get("seisfuse_config") if isinstance(checkpoint, dict) else None
+    return saved if isinstance(saved, dict) else {}
+
+
+def _drop_path(checkpoint: Any) -> float:
+    """The fine-tuning run's drop-path rate (args.drop_path, or a seisfuse export's), when valid, else 0.
+    It only matters if the model is trained further."""
+    rate = _training_args(checkpoint).get("drop_path", _saved_config(checkpoint).get("drop_path_rate"))
+    return float(rate) if isinstance(rate, float) and 0.0 <= rate < 1.0 else 0.0
+
+
+def _check_finetuned(state: dict[str, Any]) -> None:
+    if SEGMENT_KEY not in state and REGRESS_KEY not in state:
+        raise CheckpointError(f"not a fine-tuned SFM checkpoint: neither {SEGMENT_KEY} (segmentation) nor "
+                              f"{REGRESS_KEY} (regression) is present; for a pretrained file use load_sfm")
+    for key in (SEGMENT_KEY, "decoder.mlahead.head2.0.weight", REGRESS_KEY, "segmentation_head.0.weight"):
+        if key in state and np.ndim(state[key]) != 4:
+            raise CheckpointError(f"{key} must be a 4-D conv weight, got shape {np.shape(state[key])}")
+
+
+def _build_model(state: dict[str, Any], cfg: MAEConfig, drop_path_rate: float) -> FineTuned:
+    """The head the tensors describe: classes, head width, out channels read off the weights."""
+    try:
+        if SEGMENT_KEY in state:
+            head = state.get("decoder.mlahead.head2.0.weight")
+            return SFMSegmenter(cfg, num_classes=np.shape(state[SEGMENT_KEY])[0],
+                                head_channels=128 if head is None else np.shape(head)[0],
+                                drop_path_rate=drop_path_rate)
+        out = state.get("segmentation_head.0.weight")
+        return SFMRegressor(cfg, out_channels=1 if out is None else np.shape(out)[0],
+                            drop_path_rate=drop_path_rate)
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint's model cannot be built: {exc}") from exc
+
+
+def load_sfm_finetuned(path: str | Path, *, num_heads: int | None = None) -> tuple[FineTuned, Params]:
+    """Read a fine-tuned SFM .pth (facies/salt segmentation or denoise/reflectivity/interpolation
+    regression) safely, without torch: (model, {"params", "batch_stats"} as jax arrays).
+
+    `model.apply(variables, images)` with NHWC images [B, H, W, C] at the file's size is the
+    original forward in eval mode, channels-last. The task and all sizes come from the tensors; the
+    head count from `num_heads`, else the factory name in the file's args, else the presets.
+    Missing, mis-shaped or unexpected keys raise CheckpointError listing them.
+    """
+    checkpoint = read_torch_checkpoint(path)
+    state = find_state_dict(checkpoint, ("model", "state_dict"))
+    _check_finetuned(state)
+    cfg = infer_config(state, _resolve_heads(checkpoint, state, num_heads))
+    cfg = dataclasses.replace(cfg, learned_pos_embed=True)  # timm's pos_embed is a trained parameter
+    model = _build_model(state, cfg, _drop_path(checkpoint))
+    unused = check_state_dict(state, finetuned_expected_shapes(model), "SFM fine-tuned")
+    bn_prefixes = {e.torch for e in head_table(model) if e.kind == "bn"}
+    unexpected = [k for k in unused if not (k.endswith(".num_batches_tracked")
+                                            and k[: -len(".num_batches_tracked")] in bn_prefixes)]
+    if unexpected:
+        raise CheckpointError(f"SFM fine-tuned: the checkpoint has {len(unexpected)} keys the "
+                              f"{type(model).__name__} does not: " + ", ".join(unexpected))
+    encoder_state = {k: state[k] for k in expected_shapes(cfg)}
+    params: Params = {"encoder": state_dict_to_params(encoder_state, cfg)[0]}
+    stats: Params = {}
+    for entry in head_table(model):
+        _head_to_flax(state, entry, params, stats)
+    return model, {"params": to_jax(params), "batch_stats": to_jax(stats)}
+
+
+def finetuned_state_dict(model: FineTuned, variables: Params) -> dict[str, np.ndarray]:
+    """The original fine-tuned model's state_dict (same keys, order and layout) for these variables."""
+    variables = nn.unbox(variables)
+    if "params" not in variables or "batch_stats" not in variables:
+        raise ValueError(f"export needs variables with 'params' and 'batch_stats' (the BatchNorm running "
+                         f"statistics), got {sorted(variables)}")
+    params, stats = variables["params"], variables["batch_stats"]
+    sd = params_to_state_dict(jax.tree.map(np.asarray, params["encoder"]), _encoder_cfg(model))
+    for entry in head_table(model):
+        sd.update(_head_to_torch(entry, params, stats))
+    check_state_dict(sd, finetuned_expected_shapes(model), "SFM fine-tuned export")
+    return {k: np.ascontiguousarray(v, dtype=np.int64 if k.endswith("num_batches_tracked") else np.float32)
+            for k, v in sd.items()}
+
+
+def export_sfm_finetuned(model: FineTuned, variables: Params, path: str | Path) -> None:
+    """Write {'model': state_dict} that loads with load_state_dict(strict=True) into SFM's fine-tuned
+    VisionTransformer (segmentation or regression), plus this model's config for seisfuse."""
+    write_torch_checkpoint(path, {"model": finetuned_state_dict(model, variables),
+                                  "seisfuse_config": finetuned_model_config(model)})
+
+
+def finetuned_model_config(model: FineTuned) -> dict[str, Any]:
+    """JSON-able description of a fine-tuned model, rebuilt by `finetuned_model_from_config`."""
+    base = {"encoder": model.cfg.to_dict(), "drop_path_rate": model.drop_path_rate}
+    if isinstance(model, SFMSegmenter):
+        return {"task": "segment", **base, "num_classes": model.num_classes,
+                "head_channels": model.head_channels}
+    if isinstance(model, SFMRegressor):
+        return {"task": "regress", **base, "out_channels": model.out_channels}
+    raise TypeError(f"expected an SFMSegmenter or SFMRegressor, got {type(model).__name__}")
+
+
+def finetuned_model_from_config(config: dict[str, Any]) -> FineTuned:
+    """The model `finetuned_model_config` described (ValueError naming what is wrong)."""
+    fields = {"segment": {"num_classes", "head_channels"}, "regress": {"out_channels"}}
+    task = config.get("task")
+    if task not in fields:
+        raise ValueError(f"fine-tuned SFM config: task must be 'segment' or 'regress', got {task!r}")
+    expected = {"task", "encoder", "drop_path_rate"} | fields[task]
+    if set(config) != expected:
+        raise ValueError(f"fine-tuned SFM config for {task!r}: expected keys {sorted(expected)}, "
+                         f"got {sorted(config)}")
+    extra = {k: config[k] for k in fields[task]}
+    cls = SFMSegmenter if task == "segment" else SFMRegressor
+    return cls(MAEConfig.from_dict(config["encoder"]), drop_path_rate=config["drop_path_rate"], **extra)

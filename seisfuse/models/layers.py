@@ -204,8 +204,27 @@ class Mlp(nn.Module):
                         bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
 
 
+def drop_path(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """timm's DropPath in training: each example's branch is zeroed with probability `rate`, and the
+    kept ones are scaled by 1/(1 − rate) so the expectation is unchanged (stochastic depth)."""
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / keep, 0).astype(x.dtype)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates as timm's ViT sets them: linear from 0 to `rate` over depth."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+    return [float(r) for r in np.linspace(0.0, rate, depth)]
+
+
 class PreNormBlock(nn.Module):
-    """timm ViT block: x + Attn(LN1 x), then x + MLP(LN2 x). Names norm1/attn/norm2/mlp."""
+    """timm ViT block: x + Attn(LN1 x), then x + MLP(LN2 x). Names norm1/attn/norm2/mlp.
+
+    With `drop_path` > 0 and deterministic=False each residual branch goes through `drop_path`
+    (two independent draws per block, as timm), using the rng stream "dropout".
+    """
 
     num_heads: int
     mlp_hidden: int
@@ -213,14 +232,20 @@ class PreNormBlock(nn.Module):
     qkv_init: Initializer = nn.initializers.xavier_uniform()
     dtype: Dtype = jnp.float32
     per_example: bool = False
+    drop_path: float = 0.0
+
+    def _branch(self, y: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.drop_path == 0.0:
+            return y
+        return drop_path(y, self.drop_path, self.make_rng("dropout"))
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + MultiHeadAttention(self.num_heads, qkv_init=self.qkv_init, dtype=self.dtype,
-                                   per_example=self.per_example,
-                                   name="attn")(layer_norm(self.eps, self.dtype, "norm1")(x))
-        return x + Mlp(self.mlp_hidden, dtype=self.dtype,
-                       name="mlp")(layer_norm(self.eps, self.dtype, "norm2")(x))
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        x = x + self._branch(MultiHeadAttention(self.num_heads, qkv_init=self.qkv_init, dtype=self.dtype,
+                                                per_example=self.per_example, name="attn")(
+            layer_norm(self.eps, self.dtype, "norm1")(x)), deterministic)
+        return x + self._branch(Mlp(self.mlp_hidden, dtype=self.dtype, name="mlp")(
+            layer_norm(self.eps, self.dtype, "norm2")(x)), deterministic)
 
 
 def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -247,3 +272,39 @@ def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
         idx = np.clip(base.astype(np.int64) - 1 + tap, 0, in_size - 1)
         np.add.at(matrix, (np.arange(out_size), idx), weights[:, tap])
     return matrix
+
+
+def align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(index0, index1, weight0, weight1) of torch's linear resize with align_corners=True, [out_size].
+
+    Computed in float32 as torch's CPU kernel does: scale = (in − 1)/(out − 1) (0 for one output),
+    source = scale·i, index0 = floor(source) clamped to in − 1, index1 = index0 + 1 unless at the
+    border, weight1 = source − index0, weight0 = 1 − weight1.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"resize sizes must be positive, got {in_size} -> {out_size}")
+    scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+    source = scale * np.arange(out_size, dtype=np.float32)
+    index0 = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    index1 = np.minimum(index0 + 1, in_size - 1)
+    weight1 = np.clip(source - index0.astype(np.float32), 0, 1).astype(np.float32)
+    return index0, index1, np.float32(1) - weight1, weight1
+
+
+def resize_bilinear_align_corners(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of NHWC `x` with align_corners=True (torch's F.interpolate / UpsamplingBilinear2d).
+
+    `jax.image.resize` uses half-pixel centres (align_corners=False), which moves every sample.
+    Two gathers and a weighted sum per axis (width first, then height, as torch's kernel), all in
+    the input dtype: no matmul, so the result does not depend on the matmul precision.
+    """
+
+    def along(x: jax.Array, axis: int, size: int) -> jax.Array:
+        index0, index1, weight0, weight1 = align_corners_taps(x.shape[axis], size)
+        shape = [1] * x.ndim
+        shape[axis] = size
+        w0 = jnp.asarray(weight0.reshape(shape), x.dtype)
+        w1 = jnp.asarray(weight1.reshape(shape), x.dtype)
+        return w0 * jnp.take(x, index0, axis=axis) + w1 * jnp.take(x, index1, axis=axis)
+
+    return along(along(x, 2, width), 1, height)

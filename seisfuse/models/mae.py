@@ -1,9 +1,10 @@
 """SFM: the ViT masked autoencoder of the Seismic Foundation Model, in Flax Linen.
 
-A faithful port of SFM's PyTorch code (FAIR's MAE with timm 0.3.2 blocks); specs/sfm.md lists the
-facts it reproduces. Differences of form only: images are NHWC, the fused qkv projection is kept as
-three `(D, heads, head_dim)` kernels, and masking is driven by an explicit `noise` array so that
-results are reproducible and comparable with the original for the same noise.
+A faithful port of SFM's PyTorch code (FAIR's MAE with timm 0.3.2 blocks); docs/sfm-downstream.md
+describes the fine-tuning models built on its encoder (`features`). Differences of form only: images
+are NHWC, the fused qkv projection is kept as three `(D, heads, head_dim)` kernels, and masking is
+driven by an explicit `noise` array so that results are reproducible and comparable with the
+original for the same noise.
 
 The fixed sin-cos position tables live in `params` (as in the PyTorch state_dict) but receive no
 gradient unless `learned_pos_embed` is set; optimizers should also leave them out (see
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +27,7 @@ from seisfuse.models.layers import (
     PreNormBlock,
     bicubic_resize_matrix,
     check_attention_impl,
+    drop_path_rates,
     layer_norm,
     logical,
     sincos_pos_embed_2d,
@@ -156,9 +159,15 @@ class PatchEmbed(nn.Module):
 
 
 class MaskedAutoencoder(nn.Module):
-    """SFM/MAE. `encode` -> (latent, mask, ids_restore); `__call__` -> (loss, pred, mask)."""
+    """SFM/MAE. `encode` -> (latent, mask, ids_restore); `__call__` -> (loss, pred, mask);
+    `features` -> chosen blocks' outputs for downstream heads.
+
+    drop_path_rate: stochastic depth of the encoder blocks in `features(train=True)` (SFM's
+    fine-tuning `--drop_path`, timm's per-block linear ramp); pretraining never uses it.
+    """
 
     cfg: MAEConfig
+    drop_path_rate: float = 0.0
 
     def setup(self) -> None:
         c = self.cfg
@@ -172,8 +181,8 @@ class MaskedAutoencoder(nn.Module):
         self.blocks = [
             PreNormBlock(c.num_heads, int(d * c.mlp_ratio), c.layer_norm_eps,
                          qkv_init=uniform_init(xavier_bound(d, 3 * d)), dtype=dtype,
-                         per_example=per_example)
-            for _ in range(c.depth)
+                         per_example=per_example, drop_path=rate)
+            for rate in drop_path_rates(self.drop_path_rate, c.depth)
         ]
         self.norm = layer_norm(c.layer_norm_eps, dtype, "norm")
         if not c.decoder:
@@ -226,7 +235,7 @@ class MaskedAutoencoder(nn.Module):
         the tokens are shuffled by argsort(noise) and the first int(L·(1−mask_ratio)) kept.
         """
         self._check_images(images)
-        x = self.patch_embed(images) + self.pos_embed[:, 1:].astype(self.cfg.dtype)
+        x = self._embed_patches(images)
         batch, length, _ = x.shape
         if noise is None:
             if mask_ratio != 0.0:
@@ -239,11 +248,37 @@ class MaskedAutoencoder(nn.Module):
                                  f"got {tuple(noise.shape)}")
             ids_keep, mask, ids_restore = random_masking(noise, mask_ratio)
             x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
-        cls = jnp.broadcast_to(self.cls_token + self.pos_embed[:, :1], (batch, 1, x.shape[-1]))
-        x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+        x = self._prepend_cls(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x), mask, ids_restore
+
+    def features(self, images: jax.Array, *, taps: Sequence[int] = (),
+                 train: bool = False) -> tuple[list[jax.Array], jax.Array]:
+        """The unmasked encoder pass of SFM's fine-tuning ViT, for downstream heads.
+
+        Returns ([tokens after block k for k in taps], final-normed tokens), all [B, 1+L, D] with
+        the cls token first; taps count blocks from 1 and are read before the final norm (SFM's
+        segmentation taps). train=True turns on stochastic depth (rng stream "dropout").
+        """
+        bad = [k for k in taps if not 1 <= k <= self.cfg.depth]
+        if bad:
+            raise ValueError(f"taps {bad} are outside blocks 1..{self.cfg.depth}")
+        self._check_images(images)
+        x = self._prepend_cls(self._embed_patches(images))
+        outputs = {}
+        for index, block in enumerate(self.blocks, start=1):
+            x = block(x, deterministic=not train)
+            if index in taps:
+                outputs[index] = x
+        return [outputs[k] for k in taps], self.norm(x)
+
+    def _embed_patches(self, images: jax.Array) -> jax.Array:
+        return self.patch_embed(images) + self.pos_embed[:, 1:].astype(self.cfg.dtype)
+
+    def _prepend_cls(self, x: jax.Array) -> jax.Array:
+        cls = jnp.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], 1, x.shape[-1]))
+        return jnp.concatenate([cls.astype(x.dtype), x], axis=1)
 
     def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
         """Predicted patches [B, L, p·p·C] from encoder tokens and the un-shuffle order."""
