@@ -126,6 +126,20 @@ def test_export_loads_strict_in_torch_and_round_trips(kind, tiny_files, tmp_path
     jax.tree.map(np.testing.assert_array_equal, again_vars, variables)
 
 
+def test_narrow_regression_decoder_round_trips_with_its_widths(tmp_path):
+    # CPU-sized runs narrow the decoder; a converted or exported run must keep its widths.
+    model = SFMRegressor(TINY, decoder_channels=(16, 8, 8, 4), skip_channels=4)
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 1)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    export_sfm_finetuned(model, variables, tmp_path / "narrow.pth")
+    again, again_vars = load_sfm_finetuned(tmp_path / "narrow.pth")
+    assert again.decoder_channels == (16, 8, 8, 4) and again.skip_channels == 4
+    np.testing.assert_array_equal(again.apply(again_vars, images), model.apply(variables, images))
+    assert finetuned_model_from_config(json.loads(json.dumps(finetuned_model_config(again)))) == again
+    with pytest.raises(ValueError, match="decoder_channels must be 4 positive widths"):
+        SFMRegressor(TINY, decoder_channels=(16, 8))
+
+
 def test_train_mode_matches_torch_batch_statistics(tiny_files):
     ref, path = tiny_files["segment"]
     model, variables = load_sfm_finetuned(path, num_heads=4)

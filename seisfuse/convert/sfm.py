@@ -274,18 +274,18 @@ def head_table(model: FineTuned) -> list[HeadEntry]:
             table += _conv_bn(f"{prefix}.3", f"{prefix}.4", ("decoder", f"head{k}_1"), hc, hc)
         return table + [HeadEntry("decoder.cls", ("decoder", "cls"), "conv", (classes, 4 * hc, 3, 3)),
                         HeadEntry("segmentation_head.0", ("segmentation_head",), "conv", (classes, 16, 3, 3))]
-    out = model.out_channels
+    out, channels, skip = model.out_channels, tuple(model.decoder_channels), model.skip_channels
     table = [HeadEntry("head", ("head",), "linear", (out, d)),
              *_conv_bn("decoder.conv_more.0", "decoder.conv_more.1", ("decoder", "conv_more"),
-                       CUP_SKIP_CHANNELS, model.cfg.in_chans)]
-    inputs = (d, *CUP_CHANNELS[:-1])
-    for i, (inp, features) in enumerate(zip(inputs, CUP_CHANNELS, strict=True)):
-        inp += CUP_SKIP_CHANNELS if i == len(CUP_CHANNELS) - 1 else 0
+                       skip, model.cfg.in_chans)]
+    inputs = (d, *channels[:-1])
+    for i, (inp, features) in enumerate(zip(inputs, channels, strict=True)):
+        inp += skip if i == len(channels) - 1 else 0
         for j, width in ((1, inp), (2, features)):
             prefix, path = f"decoder.blocks.{i}.conv{j}", ("decoder", f"blocks_{i}_conv{j}")
             table += _conv_bn(f"{prefix}.0", f"{prefix}.1", path, features, width)
     return table + [HeadEntry("segmentation_head.0", ("segmentation_head",), "conv",
-                              (out, CUP_CHANNELS[-1], 1, 1))]
+                              (out, channels[-1], 1, 1))]
 
 
 def finetuned_expected_shapes(model: FineTuned) -> dict[str, tuple[int, ...]]:
@@ -406,8 +406,13 @@ def _build_model(state: dict[str, Any], cfg: MAEConfig, drop_path_rate: float) -
                                 head_channels=128 if head is None else np.shape(head)[0],
                                 drop_path_rate=drop_path_rate)
         out = state.get("segmentation_head.0.weight")
+        widths = [state.get(f"decoder.blocks.{i}.conv2.0.weight") for i in range(len(CUP_CHANNELS))]
+        skip = state.get("decoder.conv_more.0.weight")
         return SFMRegressor(cfg, out_channels=1 if out is None else np.shape(out)[0],
-                            drop_path_rate=drop_path_rate)
+                            drop_path_rate=drop_path_rate,
+                            decoder_channels=tuple(CUP_CHANNELS[i] if w is None else int(np.shape(w)[0])
+                                                   for i, w in enumerate(widths)),
+                            skip_channels=CUP_SKIP_CHANNELS if skip is None else int(np.shape(skip)[0]))
     except ValueError as exc:
         raise CheckpointError(f"the checkpoint's model cannot be built: {exc}") from exc
 
@@ -471,13 +476,15 @@ def finetuned_model_config(model: FineTuned) -> dict[str, Any]:
         return {"task": "segment", **base, "num_classes": model.num_classes,
                 "head_channels": model.head_channels}
     if isinstance(model, SFMRegressor):
-        return {"task": "regress", **base, "out_channels": model.out_channels}
+        return {"task": "regress", **base, "out_channels": model.out_channels,
+                "decoder_channels": list(model.decoder_channels), "skip_channels": model.skip_channels}
     raise TypeError(f"expected an SFMSegmenter or SFMRegressor, got {type(model).__name__}")
 
 
 def finetuned_model_from_config(config: dict[str, Any]) -> FineTuned:
     """The model `finetuned_model_config` described (ValueError naming what is wrong)."""
-    fields = {"segment": {"num_classes", "head_channels"}, "regress": {"out_channels"}}
+    fields = {"segment": {"num_classes", "head_channels"},
+              "regress": {"out_channels", "decoder_channels", "skip_channels"}}
     task = config.get("task")
     if task not in fields:
         raise ValueError(f"fine-tuned SFM config: task must be 'segment' or 'regress', got {task!r}")
@@ -485,6 +492,6 @@ def finetuned_model_from_config(config: dict[str, Any]) -> FineTuned:
     if set(config) != expected:
         raise ValueError(f"fine-tuned SFM config for {task!r}: expected keys {sorted(expected)}, "
                          f"got {sorted(config)}")
-    extra = {k: config[k] for k in fields[task]}
+    extra = {k: tuple(config[k]) if isinstance(config[k], list) else config[k] for k in fields[task]}
     cls = SFMSegmenter if task == "segment" else SFMRegressor
     return cls(MAEConfig.from_dict(config["encoder"]), drop_path_rate=config["drop_path_rate"], **extra)

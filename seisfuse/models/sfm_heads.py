@@ -198,14 +198,18 @@ class SFMSegmenter(nn.Module):
 
 class DecoderCup(nn.Module):
     """SFM's regression decoder: four blocks of (bilinear ×2, [concat skip], ConvBNReLU ×2), channels
-    D -> 256 -> 128 -> 64 -> 64; the last block's skip is `conv_more` (ConvBNReLU 1 -> 32) of the image."""
+    D -> 256 -> 128 -> 64 -> 64; the last block's skip is `conv_more` (ConvBNReLU 1 -> 32) of the image.
+    The widths are the original's hard-coded ones by default; other widths serve CPU-sized runs."""
+
+    channels: tuple[int, ...] = CUP_CHANNELS
+    skip_channels: int = CUP_SKIP_CHANNELS
 
     @nn.compact
     def __call__(self, x: jax.Array, images: jax.Array, train: bool) -> jax.Array:
-        skip = ConvBNReLU(CUP_SKIP_CHANNELS, name="conv_more")(images, train)
-        for index, features in enumerate(CUP_CHANNELS):
+        skip = ConvBNReLU(self.skip_channels, name="conv_more")(images, train)
+        for index, features in enumerate(self.channels):
             x = resize_bilinear_align_corners(x, 2 * x.shape[1], 2 * x.shape[2])
-            if index == len(CUP_CHANNELS) - 1:
+            if index == len(self.channels) - 1:
                 x = jnp.concatenate([x, skip], axis=-1)
             x = ConvBNReLU(features, name=f"blocks_{index}_conv1")(x, train)
             x = ConvBNReLU(features, name=f"blocks_{index}_conv2")(x, train)
@@ -223,8 +227,15 @@ class SFMRegressor(nn.Module):
     cfg: MAEConfig
     out_channels: int = 1
     drop_path_rate: float = 0.0
+    decoder_channels: tuple[int, ...] = CUP_CHANNELS  # the original's; narrower ones for CPU runs
+    skip_channels: int = CUP_SKIP_CHANNELS
 
     def __post_init__(self) -> None:
+        if len(self.decoder_channels) != len(CUP_CHANNELS) or min(self.decoder_channels) < 1 \
+                or self.skip_channels < 1:
+            raise ValueError(f"decoder_channels must be {len(CUP_CHANNELS)} positive widths (the original: "
+                             f"{CUP_CHANNELS}) and skip_channels positive, got {self.decoder_channels} and "
+                             f"{self.skip_channels}")
         if self.cfg.in_chans != 1 or self.cfg.patch_size != 2 ** len(CUP_CHANNELS):
             raise ValueError(f"SFMRegressor needs in_chans=1 and patch_size=16 (as the original decoder), "
                              f"got in_chans={self.cfg.in_chans}, patch_size={self.cfg.patch_size}")
@@ -237,7 +248,8 @@ class SFMRegressor(nn.Module):
         c = self.cfg
         _check_images("SFMRegressor", c, images)
         _, normed = _encoder(c, self.drop_path_rate).features(images, train=train)
-        x = DecoderCup(name="decoder")(_to_grid(normed, c.grid_size), images, train)
+        x = DecoderCup(tuple(self.decoder_channels), self.skip_channels, name="decoder")(
+            _to_grid(normed, c.grid_size), images, train)
         Unused((("kernel", (c.embed_dim, self.out_channels)), ("bias", (self.out_channels,))), name="head")()
         return _conv(self.out_channels, 1, x.shape[-1], "segmentation_head")(x)
 
