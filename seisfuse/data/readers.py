@@ -1,8 +1,10 @@
 """Readers for the formats real seismic data comes in, each returning seisfuse's conventions.
 
-- SEG-Y sections (segyio) → [samples, traces] arrays and z-scored 224×224 SFM patches.
+- SEG-Y sections (segyio, either byte order) and Seismic Unix files → [samples, traces] arrays and
+  z-scored 224×224 SFM patches.
 - SFM's headerless float32 `.dat` patches.
-- Anything obspy reads (miniSEED, SAC, ...) → [3001, 3] windows at 100 Hz in Z, N, E order.
+- Anything obspy reads (miniSEED, SAC, ...) → [3001, 3] windows at 100 Hz in Z, N, E order;
+  one-file-per-component folders grouped into 3-component records (`waveform_records`).
 - SeisBench datasets (metadata.csv + waveforms.hdf5) through seisbench's own classes, with picks.
 
 Bad input raises `SeismicDataError` naming the file and the problem. The only repairs, all
@@ -46,18 +48,56 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 # ----------------------------------------------------------------------------- SEG-Y and .dat
 
 
+# SEG-Y's binary-header data sample format codes (rev 0-2); swapped they are multiples of 256.
+_SEGY_FORMATS = {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 15, 16}
+_SEGY_FORMAT_OFFSET = 3200 + 24  # bytes 3225-3226 of the file
+
+
+def _segy_endian(path: str) -> str:
+    """'big' or 'little' from the sample format code, which is valid in exactly one byte order."""
+    with open(path, "rb") as f:
+        f.seek(_SEGY_FORMAT_OFFSET)
+        raw = f.read(2)
+    if len(raw) == 2:
+        for endian in ("big", "little"):
+            if int.from_bytes(raw, endian) in _SEGY_FORMATS:
+                return endian
+    raise SeismicDataError(f"{path}: corrupt or truncated SEG-Y file (no valid sample format code at "
+                           f"bytes 3225-3226: {raw.hex() or 'end of file'})")
+
+
+def _su_endian(path: str) -> str:
+    """Seismic Unix has no file header: the byte order whose sample count (trace header bytes
+    115-116) tiles the file with equal traces; little-endian (what SU writes on PCs) if both do."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(114)
+        raw = f.read(2)
+    for endian in ("little", "big"):
+        samples = int.from_bytes(raw, endian) if len(raw) == 2 else 0
+        if samples and size % (240 + 4 * samples) == 0:
+            return endian
+    raise SeismicDataError(f"{path}: corrupt or truncated Seismic Unix file (its traces do not tile its "
+                           f"{size} bytes in either byte order)")
+
+
 def read_segy(path: str | os.PathLike) -> np.ndarray:
-    """A 2-D SEG-Y section as float32 [samples, traces] (rows = time/depth, columns = traces)."""
+    """A 2-D SEG-Y (or, for `.su` files, Seismic Unix) section as float32 [samples, traces]
+    (rows = time/depth, columns = traces). Big- and little-endian files are both read."""
     import segyio
+    import segyio.su
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no SEG-Y file at {path}")
+    su = path.lower().endswith(".su")
+    endian = _su_endian(path) if su else _segy_endian(path)
     try:
-        with segyio.open(path, ignore_geometry=True) as f:
+        with (segyio.su.open if su else segyio.open)(path, ignore_geometry=True, endian=endian) as f:
             section = np.asarray(f.trace.raw[:], np.float32).T
-    except (RuntimeError, OSError) as err:
-        raise SeismicDataError(f"{path}: corrupt or truncated SEG-Y file ({err})") from err
+    except (RuntimeError, OSError, ValueError) as err:
+        raise SeismicDataError(f"{path}: corrupt or truncated {'Seismic Unix' if su else 'SEG-Y'} file "
+                               f"({err})") from err
     if section.size == 0:
         raise SeismicDataError(f"{path}: SEG-Y file holds no samples")
     _check_finite(section, path)
@@ -111,26 +151,37 @@ def read_dat(path: str | os.PathLike, shape: Sequence[int] = (224, 224), zscore:
 # ----------------------------------------------------------------------------- obspy waveforms
 
 
+# Words in obspy/libmseed warnings that mean data were lost (a record cut short and skipped, a
+# block that is not a record); other warnings (a time rounded, a non-standard but readable field)
+# describe data obspy read in full.
+_LOSS_WORDS = ("corrupt", "skip", "truncat", "not enough", "invalid", "unable", "failed", "error")
+
+
 def read_stream(path: str | os.PathLike, **kwargs):
     """obspy.read (wildcards allowed) turning unreadable, truncated or corrupt files into errors.
 
-    obspy only warns when a miniSEED record is cut short and returns the partial data, so any
-    warning raised while reading is treated as corruption.
+    obspy only warns when a miniSEED record is cut short and returns the partial data, so a
+    warning that reports lost data is an error; any other warning (e.g. a sample spacing rounded
+    to microseconds) is passed on, prefixed with the file name, and the data are used.
     """
     import obspy
 
     path = os.fspath(path)
-    if not glob.glob(path):
+    pattern = glob.escape(path) if os.path.isfile(path) else path  # '[' in a real name is no pattern
+    if not glob.glob(pattern):
         raise FileNotFoundError(f"no waveform file matches {path}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            stream = obspy.read(path, **kwargs)
+            stream = obspy.read(pattern, **kwargs)
         except Exception as err:  # obspy raises TypeError, ValueError, its own errors...
             raise SeismicDataError(f"{path}: unreadable or corrupt waveform file ({err})") from err
-    problems = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
-    if problems:
-        raise SeismicDataError(f"{path}: truncated or corrupt waveform file ({problems[0]})")
+    notes = [w for w in caught if not issubclass(w.category, (DeprecationWarning, ResourceWarning))]
+    for note in notes:
+        if any(word in str(note.message).lower() for word in _LOSS_WORDS):
+            raise SeismicDataError(f"{path}: truncated or corrupt waveform file ({note.message})")
+    for note in notes:
+        warnings.warn(f"{path}: {note.message}", note.category, stacklevel=2)
     if len(stream) == 0:
         raise SeismicDataError(f"{path}: no traces")
     return stream
@@ -244,6 +295,51 @@ def stream_to_window(
 def read_waveform(path: str | os.PathLike, **kwargs) -> np.ndarray:
     """A file obspy reads → [3001, 3] float32 window; kwargs as `stream_to_window`."""
     return stream_to_window(read_stream(path), **kwargs)
+
+
+def waveform_records(paths: Sequence[str | os.PathLike]) -> list[tuple[str, object, str]]:
+    """(name, Stream, instrument) for each 3-component record in the files obspy reads.
+
+    An instrument ("NET.STA.LOC.CH", the channel without its component letter) whose Z/N/E (or
+    Z/1/2) components are all in one file is a record of that file, named after it (with the
+    instrument if the file holds several). Components spread over several files (a folder of
+    one-file-per-component SAC or miniSEED) are joined per instrument, one record per stretch
+    of overlapping time, named "INSTRUMENT (file, file, ...)"; a record still missing a
+    component is left for `stream_to_window` to refuse or fill. Records keep the order of the
+    files they come from.
+    """
+    from obspy import Stream
+
+    records: list[tuple[int, str, object, str]] = []
+    pooled: dict[str, list[tuple[int, str, object]]] = {}
+    for index, path in enumerate(paths):
+        name = os.path.basename(os.fspath(path))
+        by_instrument: dict[str, list] = {}
+        for tr in read_stream(path):
+            if tr.stats.channel[-1:].upper() in _COMPONENT_INDEX:
+                by_instrument.setdefault(tr.id[:-1], []).append(tr)
+        if not by_instrument:
+            raise SeismicDataError(f"{path}: no Z/N/E/1/2 component")
+        for instrument, traces in by_instrument.items():
+            components = {_COMPONENT_INDEX[tr.stats.channel[-1].upper()] for tr in traces}
+            if components == {0, 1, 2}:
+                label = name if len(by_instrument) == 1 else f"{name}[{instrument}]"
+                records.append((index, label, Stream(traces=traces), instrument))
+            else:
+                pooled.setdefault(instrument, []).extend((index, name, tr) for tr in traces)
+    for instrument, entries in pooled.items():
+        entries.sort(key=lambda e: e[2].stats.starttime)
+        group: list = []
+        for entry in entries + [None]:
+            if group and (entry is None or entry[2].stats.starttime > max(e[2].stats.endtime for e in group)):
+                files = list(dict.fromkeys(e[1] for e in group))
+                records.append((min(e[0] for e in group), f"{instrument} ({', '.join(files)})",
+                                Stream(traces=[e[2] for e in group]), instrument))
+                group = []
+            if entry is not None:
+                group.append(entry)
+    records.sort(key=lambda r: r[0])
+    return [(label, stream, instrument) for _, label, stream, instrument in records]
 
 
 # ----------------------------------------------------------------------------- SeisBench
