@@ -17,6 +17,8 @@ def span_starts(rng: np.random.Generator, shape: tuple[int, int], mask_prob: flo
                 min_masks: int = 0, lengths: Sequence[int] | None = None) -> list[np.ndarray]:
     """Start frames of the masked spans, one array per example (see `span_mask`)."""
     batch, length = shape
+    if batch < 1 or length < 1:
+        raise ValueError(f"masks need at least one example of at least one frame, got shape {shape}")
     if mask_length < 1:
         raise ValueError(f"mask_length must be at least 1, got {mask_length}")
     if mask_length > length:
@@ -63,6 +65,8 @@ def negative_indices(rng: np.random.Generator, mask: np.ndarray, num_negatives: 
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be at least 1, got {num_negatives}")
     batch, length = mask.shape
+    if batch < 1:
+        raise ValueError("negatives need at least one example, got an empty batch")
     out = np.zeros((batch, length, num_negatives), dtype=np.int32)
     for row in range(batch):
         positions = np.flatnonzero(mask[row])

@@ -134,11 +134,28 @@ def melspectrogram(
 ) -> jax.Array:
     """Mel spectrogram of y [..., T] → [..., n_mels, frames], as `librosa.feature.melspectrogram`.
 
-    Works eagerly, under `jax.jit` and `jax.vmap`. The STFT runs in float64 (`fft_dtype=None`
+    Works eagerly, under `jax.jit` and `jax.vmap`. Non-positive sizes raise ValueError; so do
+    NaN/inf or complex samples when y is a concrete array (a traced y cannot be inspected).
+    The STFT runs in float64 (`fft_dtype=None`
     picks float64 except on TPU, which has no float64 FFT): a float32 FFT has an error floor near
     3e-7 of each frame's peak power, which is a ~2e-4 relative error on bins 60 dB down, above
     the 1e-4 librosa bound for steep seismic spectra. The result is float32 unless y is float64.
     """
+    for name, value in (("n_fft", n_fft), ("hop_length", hop_length), ("n_mels", n_mels)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (np.isfinite(sr) and sr > 0):
+        raise ValueError(f"sr must be a positive sampling rate, got {sr!r}")
+    if not (np.isfinite(power) and power > 0):
+        raise ValueError(f"power must be positive (2 for power, 1 for magnitude), got {power!r}")
+    if not isinstance(y, jax.core.Tracer):  # values of a traced y are unknown until it runs
+        xp = jnp if isinstance(y, jax.Array) else np  # a device array is checked where it lives
+        values = xp.asarray(y)
+        if not (jnp.issubdtype(values.dtype, jnp.integer) or jnp.issubdtype(values.dtype, jnp.floating)):
+            raise ValueError(f"y must hold real numbers, got dtype {values.dtype}")
+        bad = values.size - int(xp.count_nonzero(xp.isfinite(values)))
+        if bad:
+            raise ValueError(f"y holds {bad} NaN/inf values: a spectrogram of them is NaN throughout")
     if fft_dtype is None:
         fft_dtype = "float32" if jax.default_backend() == "tpu" else "float64"
     if fft_dtype not in ("float32", "float64"):
