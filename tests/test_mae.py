@@ -146,3 +146,25 @@ def test_for_image_size_runs_at_the_new_size(tiny):
     big = MaskedAutoencoder(big_cfg)
     latent, _, _ = big.apply({"params": big_params}, jnp.zeros((1, 512, 512, 1)), method=big.encode)
     assert latent.shape == (1, 1 + 1024, 64)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1])
+def test_mask_ratio_outside_its_range_is_named(ratio):
+    from seisfuse.train.tasks import MAEPretraining
+
+    cfg = MAEConfig.preset("tiny", img_size=32, patch_size=8)
+    model = MaskedAutoencoder(cfg)
+    images = jnp.zeros((1, 32, 32, 1))
+    with pytest.raises(ValueError, match=r"mask_ratio must lie in \[0, 1\)"):
+        model.init(jax.random.key(0), images, noise=jnp.zeros((1, cfg.num_patches)), mask_ratio=ratio)
+    with pytest.raises(ValueError, match="mask_ratio must lie"):
+        MAEPretraining(cfg, mask_ratio=ratio)
+
+
+def test_empty_and_nan_batches_are_named():
+    cfg = MAEConfig.preset("tiny", img_size=32, patch_size=8)
+    model = MaskedAutoencoder(cfg)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.init(jax.random.key(0), jnp.zeros((0, 32, 32, 1)), method=model.encode)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.init(jax.random.key(0), jnp.full((1, 32, 32, 1), jnp.nan), method=model.encode)

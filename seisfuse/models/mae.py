@@ -116,8 +116,15 @@ def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, grid * patch_size, grid * patch_size, channels)
 
 
+def check_mask_ratio(mask_ratio: float) -> None:
+    """At 1.0 MAE keeps no token, above it the keep count goes negative: refuse, naming the range."""
+    if not isinstance(mask_ratio, jax.core.Tracer) and not 0.0 <= float(mask_ratio) < 1.0:
+        raise ValueError(f"mask_ratio must lie in [0, 1) (the share of patches removed), got {mask_ratio}")
+
+
 def random_masking(noise: jax.Array, mask_ratio: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """MAE's per-sample shuffle: returns (ids_keep [B, keep], mask [B, L] with 1 = removed, ids_restore)."""
+    check_mask_ratio(mask_ratio)
     batch, length = noise.shape
     keep = int(length * (1 - mask_ratio))
     ids_shuffle = jnp.argsort(noise, axis=1)
@@ -226,6 +233,10 @@ class MaskedAutoencoder(nn.Module):
                     if images.ndim == 4 and images.shape[1] == c.in_chans != images.shape[-1] else "")
             raise ValueError(f"MAE expects images of shape [B, {c.img_size}, {c.img_size}, "
                              f"{c.in_chans}] (NHWC), got {tuple(images.shape)}{hint}")
+        if images.shape[0] == 0:
+            raise ValueError("MAE got an empty batch (B = 0): pass at least one image")
+        if not isinstance(images, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(images))):
+            raise ValueError("images contain NaN or inf: clean or mask them before the MAE")
 
     def encode(self, images: jax.Array, *, noise: jax.Array | None = None,
                mask_ratio: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -235,6 +246,7 @@ class MaskedAutoencoder(nn.Module):
         the tokens are shuffled by argsort(noise) and the first int(L·(1−mask_ratio)) kept.
         """
         self._check_images(images)
+        check_mask_ratio(mask_ratio)
         x = self._embed_patches(images)
         batch, length, _ = x.shape
         if noise is None:

@@ -39,7 +39,7 @@ from seisfuse.models.joint import (
     tower_from_converted,
 )
 from seisfuse.models.joint import param_labels as joint_param_labels
-from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
+from seisfuse.models.mae import MAEConfig, MaskedAutoencoder, check_mask_ratio
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from seisfuse.parallel import make_mesh
 from seisfuse.train.optim import cosine_anneal, mae_layer_scales, mae_param_labels
@@ -87,6 +87,9 @@ class MAEPretraining:
     mask_ratio: float = 0.75
     name: str = "mae"
     data_task: str = "mae"
+
+    def __post_init__(self) -> None:
+        check_mask_ratio(self.mask_ratio)  # refused when the run is built, not at the first step
 
     @property
     def model(self) -> MaskedAutoencoder:
