@@ -15,6 +15,8 @@ def get_config(variant: str = "tiny"):
     c.task = "mae"
     c.mask_ratio = 0.75
     c.model = {"preset": variant, "img_size": 224, "dtype": "float32"}
+    if variant == "tiny":  # depth overridable: SFM's segmentation head taps every depth/4-th block
+        c.model.depth = 2
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay = 0.9, 0.95, 0.05
     if variant == "tiny":
         c.data = {"source": "synthetic", "num_examples": 1024, "dataset_seed": 0, "num_workers": 0}

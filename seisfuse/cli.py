@@ -9,27 +9,40 @@ from collections.abc import Sequence
 
 
 def _convert(args: argparse.Namespace, _overrides: list[str]) -> int:
+    """Pretrained or fine-tuned files alike: the head keys decide (the file is read once)."""
+    from seisfuse.convert import seislm as seislm_convert
+    from seisfuse.convert import sfm as sfm_convert
     from seisfuse.convert.common import save_converted
+    from seisfuse.convert.torch_format import read_torch_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if args.model == "sfm":
-            from seisfuse.convert.sfm import load_sfm
-
-            cfg, params = load_sfm(args.input, num_heads=args.num_heads,
-                                   decoder_num_heads=args.decoder_num_heads)
+        checkpoint = read_torch_checkpoint(args.input)
+        if args.model == "sfm" and sfm_convert.is_sfm_finetuned(checkpoint):
+            model, variables = sfm_convert.sfm_finetuned_from_checkpoint(checkpoint, num_heads=args.num_heads)
+            kind, config, params = "sfm-finetuned", sfm_convert.finetuned_model_config(model), variables
+        elif args.model == "sfm":
+            cfg, params = sfm_convert.sfm_from_checkpoint(checkpoint, args.input, num_heads=args.num_heads,
+                                                          decoder_num_heads=args.decoder_num_heads)
+            kind, config = "sfm", cfg.to_dict()
         else:
-            from seisfuse.convert.seislm import load_seislm
-
             overrides = {"num_attention_heads": args.num_heads} if args.num_heads else {}
-            cfg, params = load_seislm(args.input, **overrides)
+            if seislm_convert.is_seislm_finetuned(checkpoint):
+                model, params = seislm_convert.seislm_finetuned_from_checkpoint(checkpoint, args.input,
+                                                                               **overrides)
+                kind, config = "seislm-finetuned", seislm_convert.finetuned_model_config(model)
+            else:
+                cfg, params = seislm_convert.seislm_from_checkpoint(checkpoint, args.input, **overrides)
+                kind, config = "seislm", cfg.to_dict()
     notes = [str(w.message) for w in caught]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    out = save_converted(args.output_dir, args.model, cfg.to_dict(), params,
-                         source=str(args.input), notes=notes)
-    print(f"wrote {args.model} params and config.json to {out}")
-    print(f"config: {cfg}")
+    out = save_converted(args.output_dir, kind, config, params, source=str(args.input), notes=notes)
+    print(f"wrote {kind} {'variables' if kind.endswith('finetuned') else 'params'} and config.json to {out}")
+    if kind.endswith("finetuned"):
+        print(f"task: {config['task']}; start fine-tuning from it with `seisfuse finetune --init {out}`")
+    else:
+        print(f"config: {config}")
     return 0
 
 
@@ -98,8 +111,9 @@ def _embed(args: argparse.Namespace, overrides: list[str]) -> int:
     modality = _modality(embedder, args.modality, args.inputs)
     key = embedder.input_key(modality)
     files = list_inputs(args.inputs, IMAGE_SUFFIXES if key == "image" else WAVEFORM_SUFFIXES)
-    items, names = read_items(files, key, p_window=embedder.p_window)
-    path, meta = save_embeddings(args.out, embedder(modality, items), names, modality, args.run_dir)
+    items, names = read_items(files, key, p_window=embedder.p_window, pad=args.pad)
+    path, meta = save_embeddings(args.out, embedder(modality, items), names, modality, args.run_dir,
+                                 identity=embedder.identity, inputs=files, overwrite=args.overwrite)
     print(f"wrote {len(names)} {modality} embeddings to {path} (names in {meta.name})")
     return 0
 
@@ -109,7 +123,7 @@ def _retrieve(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import numpy as np
 
-    from seisfuse.eval.embed import load_embedder, load_embeddings, read_items
+    from seisfuse.eval.embed import check_retrieval, load_embedder, load_embeddings, read_items
     from seisfuse.eval.metrics import similarity
 
     gallery, info = load_embeddings(args.gallery)
@@ -117,9 +131,10 @@ def _retrieve(args: argparse.Namespace, overrides: list[str]) -> int:
     if not Path(args.query).is_file():
         raise FileNotFoundError(f"query file not found: {args.query}")
     modality = _modality(embedder, args.modality, [args.query])
-    items, names = read_items([Path(args.query)], embedder.input_key(modality), p_window=embedder.p_window)
+    k = check_retrieval(info, embedder, modality, args.k, args.gallery)
+    items, names = read_items([Path(args.query)], embedder.input_key(modality), p_window=embedder.p_window,
+                              pad=args.pad)
     scores = similarity(embedder(modality, items), gallery)
-    k = min(args.k, len(gallery))
     for name, row in zip(names, scores, strict=True):
         print(f"{name} ({modality}) -> nearest {k} of {len(gallery)} {info['modality']} items:")
         for rank, j in enumerate(np.argsort(-row, kind="stable")[:k], start=1):
@@ -237,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--modality", default="auto", help="model modality (default: from the file shapes)")
     embed.add_argument("--config", default=None,
                        help="the run's configs/FILE.py:VARIANT if RUN has no config.json")
+    embed.add_argument("--pad", action="store_true",
+                       help="zero-fill a waveform component that ends early (default: refuse the record)")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing OUT.npy/OUT.json")
     embed.set_defaults(run=_embed, accepts_overrides=True)
 
     retrieve = sub.add_parser("retrieve", help="nearest items of the other modality for a query",
@@ -249,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--modality", default="auto", help="the query's modality (default: from its shape)")
     retrieve.add_argument("--config", default=None,
                           help="the run's configs/FILE.py:VARIANT if RUN has no config.json")
+    retrieve.add_argument("--pad", action="store_true",
+                          help="zero-fill a waveform component that ends early (default: refuse the record)")
     retrieve.set_defaults(run=_retrieve, accepts_overrides=True)
 
     demo = sub.add_parser("demo", help="generate paired data, align on CPU, evaluate retrieval (minutes)",

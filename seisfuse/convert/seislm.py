@@ -425,11 +425,15 @@ def load_seislm(path: str | Path, **overrides: Any) -> tuple[Wav2Vec2Config, Par
     reported with a warning. `overrides` set config fields the file cannot tell (e.g.
     num_attention_heads, or pretraining_attention_quirk=True).
     """
-    checkpoint = read_torch_checkpoint(path)
+    return seislm_from_checkpoint(read_torch_checkpoint(path), path, **overrides)
+
+
+def seislm_from_checkpoint(checkpoint: Any, source: Any, **overrides: Any) -> tuple[Wav2Vec2Config, Params]:
+    """`load_seislm` on a checkpoint already read; `source` names it in warnings."""
     state = seislm_state_dict(checkpoint)
     cfg = infer_config(state, config_hints(checkpoint), **overrides)
     params, unused = state_dict_to_params(state, cfg)
-    report_unused("load_seislm", path, unused, "the wav2vec2 model")
+    report_unused("load_seislm", source, unused, "the wav2vec2 model")
     return cfg, to_jax(params)
 
 
@@ -682,11 +686,24 @@ def load_seislm_finetuned(path: str | Path, task: str | None = None,
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)} or None, got {task!r}")
-    checkpoint = read_torch_checkpoint(path)
+    return seislm_finetuned_from_checkpoint(read_torch_checkpoint(path), path, task, **overrides)
+
+
+def is_seislm_finetuned(checkpoint: Any) -> bool:
+    """Whether a checkpoint read by `read_torch_checkpoint` holds a SeisLM downstream head."""
+    state = seislm_state_dict(checkpoint)
+    return any(k.startswith(("classifier.", "double_conv.", "head.")) for k in state)
+
+
+def seislm_finetuned_from_checkpoint(checkpoint: Any, source: Any, task: str | None = None,
+                                     **overrides: Any) -> tuple[DownstreamModel, dict[str, Params]]:
+    """`load_seislm_finetuned` on a checkpoint already read; `source` names it in errors."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)} or None, got {task!r}")
     state = seislm_state_dict(checkpoint)
     found = detect_task(state)
     if task is not None and found != task:
-        raise CheckpointError(f"{path} is a SeisLM {TASK_NAMES[found]}, not a {TASK_NAMES[task]}")
+        raise CheckpointError(f"{source} is a SeisLM {TASK_NAMES[found]}, not a {TASK_NAMES[task]}")
     fields = _read_fields(checkpoint, HEAD_FIELDS)
     cfg = infer_config({k: v for k, v in state.items() if k.startswith("wav2vec2.")},
                        config_hints(checkpoint), **overrides)

@@ -168,10 +168,17 @@ def load_sfm(path: str | Path, *, num_heads: int | None = None,
     Returns (MAEConfig, params) with params as float32 jax arrays for `MaskedAutoencoder(cfg)`.
     Keys the model does not use (fine-tuning heads) are reported with a warning.
     """
-    state = find_state_dict(read_torch_checkpoint(path), ("model", "state_dict"))
+    return sfm_from_checkpoint(read_torch_checkpoint(path), path, num_heads=num_heads,
+                               decoder_num_heads=decoder_num_heads)
+
+
+def sfm_from_checkpoint(checkpoint: Any, source: Any, *, num_heads: int | None = None,
+                        decoder_num_heads: int | None = None) -> tuple[MAEConfig, Params]:
+    """`load_sfm` on a checkpoint already read; `source` names it in warnings."""
+    state = find_state_dict(checkpoint, ("model", "state_dict"))
     cfg = infer_config(state, num_heads, decoder_num_heads)
     params, unused = state_dict_to_params(state, cfg)
-    report_unused("load_sfm", path, unused, "the MAE")
+    report_unused("load_sfm", source, unused, "the MAE")
     return cfg, to_jax(params)
 
 
@@ -426,7 +433,18 @@ def load_sfm_finetuned(path: str | Path, *, num_heads: int | None = None) -> tup
     head count from `num_heads`, else the factory name in the file's args, else the presets.
     Missing, mis-shaped or unexpected keys raise CheckpointError listing them.
     """
-    checkpoint = read_torch_checkpoint(path)
+    return sfm_finetuned_from_checkpoint(read_torch_checkpoint(path), num_heads=num_heads)
+
+
+def is_sfm_finetuned(checkpoint: Any) -> bool:
+    """Whether a checkpoint read by `read_torch_checkpoint` holds a fine-tuned SFM head."""
+    state = find_state_dict(checkpoint, ("model", "state_dict"))
+    return SEGMENT_KEY in state or REGRESS_KEY in state
+
+
+def sfm_finetuned_from_checkpoint(checkpoint: Any, *, num_heads: int | None = None
+                                  ) -> tuple[FineTuned, Params]:
+    """`load_sfm_finetuned` on a checkpoint already read (one read when the caller inspects it)."""
     state = find_state_dict(checkpoint, ("model", "state_dict"))
     _check_finetuned(state)
     cfg = infer_config(state, _resolve_heads(checkpoint, state, num_heads))

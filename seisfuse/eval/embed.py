@@ -111,19 +111,13 @@ def restore_params(task: Any, run_dir: str | Path) -> tuple[int, Any]:
     params the task's config builds (no Trainer, no optimizer state is read)."""
     import flax.linen as nn
 
-    from seisfuse.train.checkpoint import Checkpointer
+    from seisfuse.train.checkpoint import restore_items
 
     directory = Path(run_dir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {run_dir} (expected {directory})")
-    checkpointer = Checkpointer(directory, read_only=True)
-    try:
-        restored = checkpointer.restore_latest_params()
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    step, params = restored
+    trees, step = restore_items(directory, ("params",))
+    params = trees["params"]
     expected = jax.eval_shape(lambda: nn.unbox(task.init_params(jax.random.key(0))))
     shape = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)  # noqa: E731
     if jax.tree.structure(expected) != jax.tree.structure(params) or shape(expected) != shape(params):

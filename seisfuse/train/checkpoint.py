@@ -221,17 +221,20 @@ class Checkpointer:
         ocp.multihost.sync_global_processes("seisfuse_set_aside_damaged_checkpoints")
         self.manager.reload()
 
-    def restore_latest_params(self) -> tuple[int, Any] | None:
-        """(step, params) of the newest step whose params restore intact; None if there is no step.
+    def restore_latest_params(self, items: tuple[str, ...] = ("params",)) -> tuple[int, Any] | None:
+        """(step, {item: tree}) of the newest step whose `items` of the TrainState restore intact
+        ('params', and e.g. 'model_state' for BatchNorm statistics); None if there is no step.
 
-        The params' structure, shapes and dtypes come from the checkpoint's own metadata; only the
-        params are read (not the optimizer state), onto this process's first device, and verified
-        like `restore`. Damaged steps are skipped with a DamagedCheckpointWarning (not moved).
+        Their structure, shapes and dtypes come from the checkpoint's own metadata; only those items
+        are read (not the optimizer state), onto this process's first device, and verified like
+        `restore`. Damaged steps are skipped with a DamagedCheckpointWarning (not moved). An item
+        other than 'params' that an older checkpoint lacks comes back empty.
         """
         steps = self.all_steps()
         if not steps:
             return None
-        return _newest_intact(steps, lambda step: (step, _restore_params(self, step)), self.directory)[0]
+        restore = lambda step: (step, _restore_items(self, step, items))  # noqa: E731
+        return _newest_intact(steps, restore, self.directory)[0]
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -254,24 +257,32 @@ def _newest_intact(steps: list[int], restore: Any, directory: Any) -> tuple[Any,
 def restore_params(directory: str | Path | epath.Path) -> Any:
     """The params of the newest intact checkpoint under `directory`, without building a Trainer
     (see `Checkpointer.restore_latest_params`). FileNotFoundError if there is no checkpoint."""
+    return restore_items(directory, ("params",))[0]["params"]
+
+
+def restore_items(directory: str | Path | epath.Path, items: tuple[str, ...]) -> tuple[dict[str, Any], int]:
+    """({item: tree}, step) of the newest intact checkpoint under `directory` (e.g. params and
+    model_state for inference), without building a Trainer. FileNotFoundError if there is none."""
     checkpointer = Checkpointer(directory, read_only=True)
     try:
-        restored = checkpointer.restore_latest_params()
+        restored = checkpointer.restore_latest_params(items)
     finally:
         checkpointer.close()
     if restored is None:
         raise FileNotFoundError(f"{checkpointer.directory} holds no finished checkpoint")
-    return restored[1]
+    step, trees = restored
+    return trees, step
 
 
-def _restore_params(checkpointer: Checkpointer, step: int) -> Any:
+def _restore_items(checkpointer: Checkpointer, step: int, items: tuple[str, ...]) -> dict[str, Any]:
     metadata = checkpointer.manager.item_metadata(step)["state"]
     tree = getattr(metadata, "tree", metadata)
     if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
         raise CheckpointError(f"step {step} is not a training checkpoint (no params in its metadata)")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                       tree["params"])}
+    present = [item for item in items if isinstance(tree.get(item), dict) and jax.tree.leaves(tree[item])]
+    abstract = {item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                   tree[item]) for item in present}
     restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
     with ocp.PyTreeCheckpointer() as reader:
         restored = reader.restore(checkpointer.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
@@ -280,10 +291,11 @@ def _restore_params(checkpointer: Checkpointer, step: int) -> Any:
     if checkpointer._has_fingerprints(step):
         saved = checkpointer.manager.restore(step, args=ocp.args.Composite(
             fingerprints=ocp.args.JsonRestore())).fingerprints
-    if isinstance(saved, dict) and isinstance(saved.get("arrays"), dict):  # only the params were read
-        saved = {**saved, "arrays": {k: v for k, v in saved["arrays"].items() if k.startswith("params/")}}
+    if isinstance(saved, dict) and isinstance(saved.get("arrays"), dict):  # only these items were read
+        prefixes = tuple(f"{item}/" for item in present)
+        saved = {**saved, "arrays": {k: v for k, v in saved["arrays"].items() if k.startswith(prefixes)}}
     verify(restored, saved, f"checkpoint step {step}")
-    return restored["params"]
+    return {item: restored.get(item, {}) for item in items}
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -116,20 +115,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def probe_writable(directory: str | Path | epath.Path) -> None:
-    """Create `directory` and write/remove a probe file, so an unwritable run folder fails at once
-    with one clear error instead of at the first checkpoint."""
-    directory = epath.Path(directory)
-    probe = directory / f".seisfuse-probe-{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"cannot write to {directory} ({exc.strerror or exc}): choose a writable "
-                              "--workdir/--out") from exc
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

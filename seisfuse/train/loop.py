@@ -36,8 +36,8 @@ from seisfuse.parallel import (
     replicated,
     to_global,
 )
-from seisfuse.train.checkpoint import Checkpointer, abstract_with_shardings
-from seisfuse.train.config import probe_writable, resume_changes, save_run_config
+from seisfuse.train.checkpoint import Checkpointer, abstract_with_shardings, probe_writable
+from seisfuse.train.config import resume_changes, save_run_config
 from seisfuse.train.logging import MetricLogger
 from seisfuse.train.optim import optimizer_from_config
 from seisfuse.train.tasks import Task
@@ -45,10 +45,6 @@ from seisfuse.train.tasks import Task
 
 class NonFiniteError(FloatingPointError):
     """Loss or gradients became NaN/Inf."""
-
-
-class ResumeError(ValueError):
-    """A checkpoint that does not fit the run being resumed."""
 
 
 @flax.struct.dataclass
@@ -248,7 +244,8 @@ def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: boo
         print(f"no checkpoint in {workdir}; starting fresh", flush=True)
     if latest is not None:
         changes = resume_changes(workdir, config)
-        state, data_state = restore_for_resume(checkpointer, latest, trainer)
+        # The newest intact step; damaged ones are skipped with a warning naming them.
+        _, state, data_state = checkpointer.restore_latest(trainer.abstract_state)
         data.set_state(data_state)
     else:
         changes = None
@@ -285,17 +282,6 @@ def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: boo
     if skipped:
         print(f"skipped {skipped} updates with non-finite loss or gradients", flush=True)
     return state
-
-
-def restore_for_resume(checkpointer: Checkpointer, step: int, trainer: Trainer) -> tuple[TrainState, Any]:
-    """The checkpoint at `step` on this run's shardings; a structure or shape mismatch (the model or
-    optimizer changed since the run started) is named instead of orbax's traceback."""
-    try:
-        return checkpointer.restore(step, trainer.abstract_state)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ResumeError(f"cannot resume from step {step}: the checkpoint does not match this "
-                              f"run's model/optimizer ({str(exc).splitlines()[0][:300]}); resume with "
-                              "the run's own config or use a new workdir") from exc
 
 
 def _check_finite(pending: tuple[int, dict] | None, policy: str) -> int:
