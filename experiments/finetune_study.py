@@ -85,8 +85,9 @@ def main() -> None:
 
     # Pretraining with this repo's engine, on generator images (a dataset seed the fine-tuning
     # data do not use) and generator records.
-    pre = [f"total_steps={args.pretrain_steps}", "batch_size=16", "data.num_examples=4096", "data.dataset_seed=7",
-           "checkpoint_every=500", "log_every=100", f"optimizer.warmup_steps={args.pretrain_steps // 10}"]
+    pre = [f"total_steps={args.pretrain_steps}", "batch_size=16", "data.num_examples=4096",
+           "data.dataset_seed=7", "checkpoint_every=500", "log_every=100",
+           f"optimizer.warmup_steps={args.pretrain_steps // 10}"]
     seconds = run("configs/mae_pretrain.py:tiny", [*pre, "model.depth=4"], out / "mae")
     results["pretrain/mae"] = {"steps": args.pretrain_steps, "seconds": seconds}
     seconds = run("configs/seislm_pretrain.py:tiny", pre, out / "seislm")
@@ -112,8 +113,8 @@ def main() -> None:
     from seisfuse.eval.pick import pick_files
 
     table = out / "event_picks.csv"
-    summary = pick_files([str(Path(obspy.__file__).parent / EVENT)], load_predictor(out / f"pick-{best}", task="pick"),
-                         str(table), overwrite=True)
+    predictor = load_predictor(out / f"pick-{best}", task="pick")
+    summary = pick_files([str(Path(obspy.__file__).parent / EVENT)], predictor, str(table), overwrite=True)
     results["event"] = {"run": f"pick-{best}", "picks": summary.picks, "table": table.read_text()}
     (out / "study.json").write_text(json.dumps(M.to_jsonable(results), indent=2))
     print_table(results)
@@ -126,7 +127,8 @@ def print_table(results: dict[str, dict]) -> None:
                           ("pick", ("P/mae_s", "P/within_0.1s", "S/mae_s", "detection/auc"))):
         for key in keys:
             row = [results[f"{variant}/{arm}"].get(key) for arm in ("scratch", "pretrained")]
-            print(f"| {variant} | {key} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in row) + " |")
+            cells = " | ".join("—" if v is None else f"{v:.4f}" for v in row)
+            print(f"| {variant} | {key} | {cells} |")
     aic = results["pick/aic"]
     print(f"AIC picker on the same windows: P MAE {aic['P/mae_s']:.4f} s, within 0.1 s "
           f"{aic['P/within_0.1s']:.3f}, abstained on {aic['P/abstained']} of {aic['P/records']}")
