@@ -9,7 +9,7 @@ from flax.traverse_util import flatten_dict
 from seisfuse.cli import main
 from seisfuse.convert import load_converted, load_sfm
 from seisfuse.models.mae import MAEConfig
-from tests.reference.mae_torch import build_reference, save_like_sfm
+from seisfuse.testing.mae_torch import build_reference, save_like_sfm
 
 
 def test_help_lists_subcommands():
@@ -45,7 +45,7 @@ def test_convert_reports_a_corrupt_file(tmp_path, capsys):
 def test_convert_seislm_lightning_checkpoint(tmp_path):
     from seisfuse.convert import load_seislm
     from seisfuse.models.wav2vec2 import Wav2Vec2Config
-    from tests.reference.wav2vec2_torch import build, ref_config, save_lightning_checkpoint
+    from seisfuse.testing.wav2vec2_torch import build, ref_config, save_lightning_checkpoint
 
     cfg = Wav2Vec2Config.preset("tiny")
     src = tmp_path / "seislm.ckpt"

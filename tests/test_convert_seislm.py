@@ -16,7 +16,7 @@ from seisfuse.convert.seislm import (
 )
 from seisfuse.convert.torch_format import CheckpointError, read_torch_checkpoint
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
-from tests.reference import wav2vec2_torch as ref
+from seisfuse.testing import wav2vec2_torch as ref
 
 TINY = Wav2Vec2Config.preset("tiny")
 

@@ -7,7 +7,7 @@ import torch
 
 from seisfuse.convert import CheckpointError, load_sfm
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
-from tests.reference.mae_torch import build_reference, save_like_sfm
+from seisfuse.testing.mae_torch import build_reference, save_like_sfm
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from seisfuse.models.mae import (
     resize_pos_embed,
     unpatchify,
 )
-from tests.reference.mae_torch import MaskedAutoencoderViT, sincos_table
+from seisfuse.testing.mae_torch import MaskedAutoencoderViT, sincos_table
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from flax.traverse_util import flatten_dict
 
 from seisfuse.convert import export_sfm, load_sfm
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
-from tests.reference.mae_torch import build_reference, save_like_sfm
+from seisfuse.testing.mae_torch import build_reference, save_like_sfm
 
 TOL = 1e-5
 

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 from seisfuse.eval import metrics as m
 from seisfuse.eval import plots
-from tests.reference import sfm_metrics_torch as ref
+from seisfuse.testing import sfm_metrics_torch as ref
 
 # ------------------------------------------------------------------------------------------------
 # Segmentation

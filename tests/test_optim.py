@@ -8,8 +8,8 @@ import torch
 from seisfuse.convert import load_sfm
 from seisfuse.convert.sfm import params_to_state_dict
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
+from seisfuse.testing.mae_torch import build_reference, save_like_sfm
 from seisfuse.train.optim import mae_adamw, mae_param_labels
-from tests.reference.mae_torch import build_reference, save_like_sfm
 
 # Large lr and decay: a wrong decay group (lr·wd·|p| ~ 5e-4) or a moved position table (~lr) shows far
 # above the tolerance. Adam divides each gradient by its own magnitude, so rounding noise on gradients

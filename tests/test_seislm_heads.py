@@ -1,6 +1,6 @@
 """SeisLM downstream models: parity with the PyTorch originals, the fine-tuned converter, errors.
 
-References (tests/reference/seislm_finetune_torch.py) carry the original key names, perturbed norms,
+References (seisfuse/testing/seislm_finetune_torch.py) carry the original key names, perturbed norms,
 biases, BatchNorm running statistics and layer weights; they are saved as Lightning does and read
 back with `load_seislm_finetuned`. Parity is max|ours − torch| / max(1, max|torch|): classifier
 logits <= 1e-5, picker probabilities <= 1e-4 (conftest runs JAX matmuls at full float32 precision).
@@ -36,8 +36,8 @@ from seisfuse.models.seislm_heads import (
     vector_cross_entropy,
 )
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model, weighted_layer_sum
-from tests.reference import seislm_finetune_torch as ft
-from tests.reference import wav2vec2_torch as ref
+from seisfuse.testing import seislm_finetune_torch as ft
+from seisfuse.testing import wav2vec2_torch as ref
 
 T = 3001
 TOLERANCE = {"pick": 1e-4, "classify": 1e-5}

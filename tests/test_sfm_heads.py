@@ -25,8 +25,8 @@ from seisfuse.models.sfm_heads import (
     encoder_params_from_mae,
     interpolation_trace_mask,
 )
-from tests.reference.mae_torch import build_reference, save_like_sfm
-from tests.reference.sfm_finetune_torch import (
+from seisfuse.testing.mae_torch import build_reference, save_like_sfm
+from seisfuse.testing.sfm_finetune_torch import (
     RegressionRef,
     SegmentationRef,
     perturb_,

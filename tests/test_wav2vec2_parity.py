@@ -21,7 +21,7 @@ import torch
 from seisfuse import masking
 from seisfuse.convert.seislm import load_seislm
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
-from tests.reference import wav2vec2_torch as ref
+from seisfuse.testing import wav2vec2_torch as ref
 
 T = 3001
 ATOL = 1e-5

@@ -1,7 +1,7 @@
 """Plain-PyTorch references of SeisLM's downstream models, for parity tests of seisfuse.models.seislm_heads.
 
 The phase picker (`MultiDimWav2Vec2ForFrameClassification`) and the event classifier
-(`Wav2Vec2ForSequenceClassification`) on the trunk of tests/reference/wav2vec2_torch.py, written with
+(`Wav2Vec2ForSequenceClassification`) on the trunk of seisfuse/testing/wav2vec2_torch.py, written with
 the original module and attribute names so `state_dict()` keys match the released fine-tuned
 checkpoints (`double_conv.double_conv.1.running_mean`, `classifier.weight`, `head.4.weight`,
 `layer_weights`, `lns.0.weight`, ...). Checkpoints are saved as Lightning does, with the pickled
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.reference import wav2vec2_torch as trunk
-from tests.reference.wav2vec2_torch import RefConfig
+from seisfuse.testing import wav2vec2_torch as trunk
+from seisfuse.testing.wav2vec2_torch import RefConfig
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """SFM's masked autoencoder in plain torch.nn, with the original state-dict key names.
 
 Reference for parity tests and benchmarks only (no timm): the same computations as SFM's
-models_mae.py with timm 0.3.2 blocks, written from specs/sfm.md.
+models_mae.py with timm 0.3.2 blocks, written from the facts in docs/specs.md.
 """
 
 from __future__ import annotations

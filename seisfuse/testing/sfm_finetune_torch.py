@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seisfuse.models.mae import MAEConfig
-from tests.reference.mae_torch import Block, PatchEmbed, sincos_table
+from seisfuse.testing.mae_torch import Block, PatchEmbed, sincos_table
 
 
 def conv_bn_relu(inp: int, out: int, kernel: int = 3) -> nn.Sequential:

@@ -1,10 +1,10 @@
 """Plain-PyTorch reference of SeisLM's `MultiDimWav2Vec2ForPreTraining`, for parity tests and benchmarks.
 
-Written from specs/seislm.md with the original module and attribute names, so `state_dict()` keys
-match the released checkpoints (`wav2vec2.encoder.layers.0.attention.q_proj.weight`, the
-weight-normed `pos_conv_embed.conv.parametrizations.weight.original0/1`, ...). It follows the
+Written from the facts in docs/specs.md with the original module and attribute names, so
+`state_dict()` keys match the released checkpoints (`wav2vec2.encoder.layers.0.attention.q_proj.weight`,
+the weight-normed `pos_conv_embed.conv.parametrizations.weight.original0/1`, ...). It follows the
 original computation step by step (including the [B·L, G·V, d] code-vector product and the gather
-of negatives), so it is also the PyTorch side of experiments/bench_seislm.py. Only torch.nn.
+of negatives), so it is also the PyTorch side of experiments/benchmarks/bench_seislm.py. Only torch.nn.
 """
 
 from __future__ import annotations
