@@ -3,9 +3,11 @@
 Runs the real jitted step (sharded over all local devices, donated state, AdamW) on random batches
 of the right shapes, for each task and preset asked for.
 
-    python experiments/bench_train.py                                   # tiny presets, CPU
-    python experiments/bench_train.py --runs mae:base:8 seislm:seislm-base:8
-    python experiments/bench_train.py --runs mae:large:64 --dtype bfloat16   # e.g. SFM-Large on one H100
+Figures, dated, with their commands: experiments/RESULTS.md, "Training engine (2026-11-23)".
+
+    python experiments/benchmarks/bench_train.py                                       # tiny, CPU
+    python experiments/benchmarks/bench_train.py --runs mae:base:8 seislm:seislm-base:8
+    python experiments/benchmarks/bench_train.py --runs mae:large:64 --dtype bfloat16  # SFM-Large, one H100
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from seisfuse.train.logging import peak_flops
 from seisfuse.train.loop import RandomBatches, Trainer
 from seisfuse.train.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+
 CONFIGS = {"mae": "configs/mae_pretrain.py:tiny", "seislm": "configs/seislm_pretrain.py:tiny"}
 
 

@@ -5,9 +5,11 @@ times `Trainer.step` (forward, backward, AdamW, sharded over all devices) after 
 MFU = task.flops_per_example() x pairs/s / (peak FLOP/s x devices) where the peak is known
 (seisfuse.train.logging.PEAK_FLOPS); on a CPU it is not reported.
 
-    python experiments/bench_align.py                                   # tiny (batch 32), base (batch 8)
-    python experiments/bench_align.py --variant base --batch 256 --steps 20    # an accelerator
-    python experiments/bench_align.py 'model.image.pooling="mean"' --variant tiny   # a variant
+Figures, dated, with their commands: experiments/RESULTS.md, "Alignment step (2026-11-23, 2026-12-01)".
+
+    python experiments/benchmarks/bench_align.py               # tiny (batch 32), base (batch 8)
+    python experiments/benchmarks/bench_align.py --variant base --batch 256 --steps 20   # an accelerator
+    python experiments/benchmarks/bench_align.py 'model.image.pooling="mean"' --variant tiny  # a variant
 """
 
 from __future__ import annotations
@@ -15,19 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from seisfuse.train.config import load_config
+from seisfuse.train.logging import peak_flops
+from seisfuse.train.loop import RandomBatches, Trainer
+from seisfuse.train.tasks import make_task
 
-from seisfuse.train.config import load_config  # noqa: E402
-from seisfuse.train.logging import peak_flops  # noqa: E402
-from seisfuse.train.loop import RandomBatches, Trainer  # noqa: E402
-from seisfuse.train.tasks import make_task  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 DEFAULT_BATCH = {"tiny": 32, "base": 8, "large": 4}
 

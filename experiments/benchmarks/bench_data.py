@@ -1,8 +1,10 @@
 """Data-path benchmark: synthetic pairs/s per core, grain pipeline batches/s with N workers, and
 JAX Mel spectrogram vs librosa on the same batch.
 
-    python experiments/bench_data.py                 # writes experiments/results/bench_data.json
-    python experiments/bench_data.py --workers 0 1 2 --pairs 200 --batches 20
+Figures, dated, with their commands: experiments/RESULTS.md, "Data pipeline (2026-11-23)".
+
+    python experiments/benchmarks/bench_data.py                 # writes experiments/results/bench_data.json
+    python experiments/benchmarks/bench_data.py --workers 0 1 2 --pairs 200 --batches 20
 """
 
 from __future__ import annotations

@@ -1,6 +1,19 @@
 """Where does the demo's alignment stall? Each tower against an ideal partner, and the ceiling of
 contrastive training itself, at 1200 steps (the previous demo's budget; --steps).
 
+Date: 2026-12-01.
+Question: is the demo's held-out R@10 of about 0.2 limited by contrastive training itself, by the
+SFM-tiny image tower or by the SeisLM-tiny waveform tower?
+Result (experiments/RESULTS.md, "2026-12-01: where it stalls" and "flatten pooling, first motion
+up"): ideal features on both sides reach 0.74-0.79 (0.81 / 0.83 with 8192 pairs), so CLIP
+training is not the limit; the image tower gets a third of the way (0.27-0.34); the waveform tower
+stayed near chance (0.047 / 0.062) under the polarity flips. Three obstacles were found and
+removed: mean pooling forgets when (`flatten`: the waveform tower reaches 0.727 / 0.727 against
+the image oracle), polarity flips make the shared read-out non-linear (windows turned first
+motion up: two linear oracles 0.797 / 0.785), and CLIP's initial temperature collapsed flattened
+towers (`logit_scale_init = 1`). Rows measured before `first_motion_up` cannot be re-run as such.
+Command: python experiments/studies/diagnose_alignment.py --pair IMAGE/WAVEFORM --steps 1200 [KEY=VALUE ...]
+
 The demo's towers reached held-out R@10 ≈ 0.2 while a ridge map from the P window to the image's
 station trace reaches 0.88 (probe_pairing.py). This script swaps one or both towers for an
 "oracle": a linear map from hand-made features that hold what the pair shares,
@@ -18,10 +31,10 @@ demo's cached pairs (align_variant.py's cache). Runs, by --pair IMAGE/WAVEFORM:
     tower/oracle    the demo's SFM-tiny image tower against the ideal waveform side
     oracle/tower    the ideal image side against the demo's SeisLM-tiny waveform tower
 
-    python experiments/diagnose_alignment.py --pair oracle/oracle --steps 1200 --lr 0.01
-    python experiments/diagnose_alignment.py --pair tower/oracle --waveform-oracle samples --lr 0.003
-    python experiments/diagnose_alignment.py --pair oracle/tower 'model.waveform.overrides={...}'
-    python experiments/diagnose_alignment.py --pair oracle/tower data.augment=False  # no augmentation
+    python experiments/studies/diagnose_alignment.py --pair oracle/oracle --steps 1200 --lr 0.01
+    python experiments/studies/diagnose_alignment.py --pair tower/oracle --waveform-oracle samples --lr 0.003
+    python experiments/studies/diagnose_alignment.py --pair oracle/tower 'model.waveform.overrides={...}'
+    python experiments/studies/diagnose_alignment.py --pair oracle/tower data.augment=False  # no augmentation
 """
 
 from __future__ import annotations
@@ -37,20 +50,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from align_variant import cached_pairs  # the sibling study (run as a script, its folder is on sys.path)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from seisfuse.data.synthetic import STATION
+from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, demo_config, model_inputs, pair_batches
+from seisfuse.eval.metrics import retrieval_metrics
+from seisfuse.losses import clip_loss
+from seisfuse.models.joint import Tower, unit_vectors
+from seisfuse.train.config import apply_overrides
+from seisfuse.train.optim import optimizer_from_config
+from seisfuse.train.tasks import make_task
 
-from align_variant import cached_pairs  # noqa: E402
-
-from seisfuse.data.synthetic import STATION  # noqa: E402
-from seisfuse.demo import HELDOUT_PAIRS, HELDOUT_SEED, TRAIN_SEED, demo_config, model_inputs, pair_batches  # noqa: E402
-from seisfuse.eval.metrics import retrieval_metrics  # noqa: E402
-from seisfuse.losses import clip_loss  # noqa: E402
-from seisfuse.models.joint import Tower, unit_vectors  # noqa: E402
-from seisfuse.train.config import apply_overrides  # noqa: E402
-from seisfuse.train.optim import optimizer_from_config  # noqa: E402
-from seisfuse.train.tasks import make_task  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class StationTraceOracle(nn.Module):

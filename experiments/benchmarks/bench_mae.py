@@ -2,16 +2,16 @@
 
 Same config, same inputs, same machine, alternating rounds; prints steps/s of both and the ratio.
 
-    python experiments/bench_mae.py                      # base, batch 8, float32
-    python experiments/bench_mae.py --preset tiny --rounds 3
-    python experiments/bench_mae.py --dtype bfloat16     # on an accelerator: bf16 compute both sides
+Figures, dated, with their commands: experiments/RESULTS.md, "SFM / MAE pretraining step (2026-11-23)".
+
+    python experiments/benchmarks/bench_mae.py                   # base, batch 8, float32
+    python experiments/benchmarks/bench_mae.py --preset tiny --rounds 3
+    python experiments/benchmarks/bench_mae.py --dtype bfloat16  # on an accelerator: bf16 compute both sides
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -19,12 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.alternating import alternate_rounds, median_rates  # noqa: E402
-from seisfuse.models.mae import MAEConfig, MaskedAutoencoder  # noqa: E402
-from seisfuse.train.optim import mae_adamw  # noqa: E402
-from tests.reference.mae_torch import MaskedAutoencoderViT  # noqa: E402
+from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
+from seisfuse.testing.mae_torch import MaskedAutoencoderViT
+from seisfuse.testing.timing import alternate_rounds, median_rates
+from seisfuse.train.optim import mae_adamw
 
 LR, WD, BETAS, MASK_RATIO = 1.5e-4, 0.05, (0.9, 0.95), 0.75
 

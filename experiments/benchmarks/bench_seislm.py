@@ -4,15 +4,15 @@ Same weights (the reference's, converted), same waveforms, masks and negatives, 
 alternating rounds; both sides in training mode (Gumbel straight-through quantizer). Prints the
 steps/s of both and the ratio of the medians and of the fastest rounds.
 
-    python experiments/bench_seislm.py                        # seislm-base, batch 8 x 3001 samples
-    python experiments/bench_seislm.py --preset tiny --rounds 2 --steps 1
+Figures, dated, with their commands: experiments/RESULTS.md, "SeisLM pretraining step (2026-11-23)".
+
+    python experiments/benchmarks/bench_seislm.py                        # seislm-base, batch 8 x 3001 samples
+    python experiments/benchmarks/bench_seislm.py --preset tiny --rounds 2 --steps 1
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +20,12 @@ import numpy as np
 import optax
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.alternating import alternate_rounds, median_rates  # noqa: E402
-from seisfuse.convert.seislm import state_dict_to_params  # noqa: E402
-from seisfuse.masking import pretraining_masks  # noqa: E402
-from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining  # noqa: E402
-from tests.reference.wav2vec2_torch import Wav2Vec2ForPreTraining as TorchModel  # noqa: E402
-from tests.reference.wav2vec2_torch import ref_config  # noqa: E402
+from seisfuse.convert.seislm import state_dict_to_params
+from seisfuse.masking import pretraining_masks
+from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from seisfuse.testing.timing import alternate_rounds, median_rates
+from seisfuse.testing.wav2vec2_torch import Wav2Vec2ForPreTraining as TorchModel
+from seisfuse.testing.wav2vec2_torch import ref_config
 
 LR, BETAS, EPS, TEMPERATURE = 5e-4, (0.9, 0.999), 1e-8, 2.0
 
