@@ -1,5 +1,6 @@
 """Does pretraining with this repo's engine help the downstream tasks at CPU scale?
 
+Date: 2026-12-02.
 Question: on the synthetic generator's labels, does SFM-tiny MAE-pretrained on synthetic images
 segment facies and denoise better than SFM-tiny from scratch, and does SeisLM-tiny pretrained
 (wav2vec 2.0) on synthetic records pick P and S better than from scratch — and than the classic
@@ -7,8 +8,8 @@ AIC picker (`seisfuse.data.picking.pick_p`)? Same fine-tuning recipe (configs/*_
 same steps, same data, same held-out examples for both arms; only `init` differs. Finally the best
 picker labels the real 3-C event obspy ships.
 
-    python experiments/finetune_study.py --out runs/finetune-study          # ~CPU tens of minutes
-    python experiments/finetune_study.py --out /tmp/s --pretrain-steps 20 --finetune-steps 10  # smoke
+    python experiments/studies/finetune_study.py --out runs/finetune-study          # ~CPU tens of minutes
+    python experiments/studies/finetune_study.py --out /tmp/s --pretrain-steps 20 --finetune-steps 10  # smoke
 
 Writes OUT/study.json (every run's metrics, steps and seconds) and prints the table.
 """
@@ -17,22 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from seisfuse.data.picking import pick_p
+from seisfuse.data.transforms import SAMPLING_RATE
+from seisfuse.eval import metrics as M
+from seisfuse.eval.evaluate import eval_batches, evaluate_run
+from seisfuse.train.config import load_config
+from seisfuse.train.loop import train
+from seisfuse.train.tasks import make_task
 
-from seisfuse.data.picking import pick_p  # noqa: E402
-from seisfuse.data.transforms import SAMPLING_RATE  # noqa: E402
-from seisfuse.eval import metrics as M  # noqa: E402
-from seisfuse.eval.evaluate import eval_batches, evaluate_run  # noqa: E402
-from seisfuse.train.config import load_config  # noqa: E402
-from seisfuse.train.loop import train  # noqa: E402
-from seisfuse.train.tasks import make_task  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 QUIET = ["wandb.mode=disabled", "tensorboard=False"]
 EVENT = "io/seisan/tests/data/2005-07-23-1452-04S.CER___030.mseed"  # obspy's real 3-C local event

@@ -5,29 +5,27 @@ The JAX side is the engine's own jitted step (`seisfuse.train.loop.Trainer` on t
 with the same sizes, in training mode. Same inputs, same machine, alternating rounds; prints
 steps/s of both and the ratio of the medians.
 
-    python experiments/bench_finetune.py --model sfm-segment      # SFM-Base SETR-MLA, 224², batch 4
-    python experiments/bench_finetune.py --model seislm-pick      # SeisLM-base picker, batch 8 x 3001
-    python experiments/bench_finetune.py --model sfm-segment --preset tiny --rounds 2 --steps 1
+    python experiments/benchmarks/bench_finetune.py --model sfm-segment  # SFM-Base SETR-MLA, 224², batch 4
+    python experiments/benchmarks/bench_finetune.py --model seislm-pick  # SeisLM-base picker, batch 8 x 3001
+    python experiments/benchmarks/bench_finetune.py --model sfm-segment --preset tiny --rounds 2 --steps 1
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seisfuse.testing.timing import alternate_rounds, median_rates
+from seisfuse.train.config import load_config
+from seisfuse.train.loop import RandomBatches, Trainer
+from seisfuse.train.tasks import make_task
 
-from experiments.alternating import alternate_rounds, median_rates  # noqa: E402
-from seisfuse.train.config import load_config  # noqa: E402
-from seisfuse.train.loop import RandomBatches, Trainer  # noqa: E402
-from seisfuse.train.tasks import make_task  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     # name: (config, default batch, default preset)
     "sfm-segment": ("configs/sfm_finetune.py:salt", 4, "base"),
@@ -65,7 +63,7 @@ def jax_stepper(config):
 def torch_stepper(model_name: str, task, raw: dict[str, np.ndarray]):
     torch.manual_seed(0)
     if model_name == "sfm-segment":
-        from tests.reference.sfm_finetune_torch import build_segmenter
+        from seisfuse.testing.sfm_finetune_torch import build_segmenter
 
         model = build_segmenter(task.cfg, task.num_classes).train()
         x = torch.from_numpy(raw["image"].transpose(0, 3, 1, 2).copy())
@@ -75,8 +73,8 @@ def torch_stepper(model_name: str, task, raw: dict[str, np.ndarray]):
         def loss_fn() -> torch.Tensor:
             return criterion(model(x), y)
     else:
-        from tests.reference.seislm_finetune_torch import HeadConfig, build, vector_cross_entropy
-        from tests.reference.wav2vec2_torch import ref_config
+        from seisfuse.testing.seislm_finetune_torch import HeadConfig, build, vector_cross_entropy
+        from seisfuse.testing.wav2vec2_torch import ref_config
 
         model = build(ref_config(task.cfg), HeadConfig(task="pick", head_dropout_rate=0.2)).train()
         x = torch.from_numpy(raw["waveform"].transpose(0, 2, 1).copy())
