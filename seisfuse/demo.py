@@ -25,54 +25,18 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-TRAIN_PAIRS, HELDOUT_PAIRS = 8192, 256
-TRAIN_SEED, HELDOUT_SEED = 0, 1
+from seisfuse.configs.align import TRAIN_PAIRS, TRAIN_SEED
+
+HELDOUT_PAIRS, HELDOUT_SEED = 256, 1  # the held-out pairs retrieval is measured on (not trained on)
 METADATA = ("p_sample", "s_sample", "depth_km", "distance_km", "magnitude", "has_salt")
 
 
 def demo_config() -> ml_collections.ConfigDict:
-    """The tiny CPU recipe (also configs/align.py:tiny): SFM-tiny + SeisLM-tiny, CLIP loss.
+    """The recipe the demo trains: the packaged align:tiny config (seisfuse/configs/align.py says
+    why each choice)."""
+    from seisfuse.train.config import load_config
 
-    CLIP rather than SigLIP at batch 32: SigLIP's bias starts at −10 for batches of thousands and
-    took several times more steps to leave chance on a learnable control (tests/test_joint_train.py).
-    What the pair shares is a set of times (the station column's reflector times, the delays of
-    the site's reverberations), so: waveforms are cut to 1.6 s from 0.1 s before P, first motion
-    up (data.p_window; S rarely falls inside); the waveform tower pools by 'flatten', which keeps
-    every token in place where a mean forgets when things happen, and the image tower by 'station',
-    the same for the two patch columns under the station (the other traces are nuisance its head
-    memorised). The image tower is locked (LiT-style; here at its random init, as no pretrained
-    SFM weights ship): a step costs a third, which buys 8192 pairs and 3600 steps, and more pairs
-    were what held-out recall lacked. Flattened features of random towers differ a lot, so CLIP's
-    initial temperature (1/0.07) made them collapse to one point (loss stuck at log 32);
-    logit_scale_init = 1 (scale e) learns. experiments/RESULTS.md has the measurements.
-    """
-    from seisfuse.train.config import loop_defaults
-
-    c = loop_defaults()
-    c.task = "align"
-    c.loss = "clip"
-    c.pairs = [["image", "waveform"]]
-    c.model = {
-        "dtype": "float32",
-        "embed_dim": 64,
-        "head": "linear",
-        "logit_scale_init": 1.0,
-        "modalities": ["image", "waveform"],
-        "image": {"kind": "sfm", "preset": "tiny", "pooling": "station", "trainable": "none", "weights": "",
-                  "overrides": {}},
-        # Strides 4·4 give 10 frames per P window and a 32-tap positional conv: cheap on a CPU.
-        "waveform": {"kind": "seislm", "preset": "tiny", "pooling": "flatten", "trainable": "all",
-                     "weights": "", "overrides": {"conv_kernel": [4, 4], "conv_stride": [4, 4],
-                                                  "num_conv_pos_embeddings": 32}},
-    }
-    c.batch_size = 32
-    c.total_steps = 3600
-    c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 20, 1e-4
-    c.data = {"source": "synthetic", "num_examples": TRAIN_PAIRS, "dataset_seed": TRAIN_SEED,
-              "num_workers": 0, "p_window": [10, 160], "augment": True}
-    c.log_every, c.checkpoint_every, c.keep_checkpoints = 10, 10_000, 1
-    c.wandb.mode, c.tensorboard = "disabled", False
-    return c
+    return load_config("align:tiny")
 
 
 def _pair(seed_index: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -152,7 +116,7 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     trained = time.perf_counter()
 
     untrained_params = jax.jit(lambda key: nn.unbox(task.init_params(key)))(jax.random.key(config.seed))
-    inputs = model_inputs(heldout, config.data.get("p_window"))
+    inputs = model_inputs(heldout, config.data.p_window)
     embeddings = Embedder(task, state.params).embed_all(inputs)
     floor = Embedder(task, untrained_params).embed_all(inputs)
     metrics = retrieval_metrics(embeddings, prefix="retrieval")
@@ -213,7 +177,9 @@ def _figures(directory: Path, heldout: dict[str, np.ndarray], embeddings: dict[s
     n = min(64, len(images))
     plots.similarity_matrix(directory / "similarity_matrix.png", embeddings["image"][:n],
                             embeddings["waveform"][:n], title=f"cosine similarity, {n} held-out pairs")
-    labels = {"S-P time (s)": (heldout["s_sample"] - heldout["p_sample"]) / 100.0,
+    from seisfuse.data.transforms import SAMPLING_RATE
+
+    labels = {"S-P time (s)": (heldout["s_sample"] - heldout["p_sample"]) / SAMPLING_RATE,
               "salt in section": heldout["has_salt"].astype(float)}
     plots.joint_space_map(directory / "joint_space.png", embeddings, labels)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import butter, sosfilt
 
+from seisfuse.data.transforms import SAMPLING_RATE
+
 
 def energy_ratio(trace: np.ndarray, sta: int, lta: int) -> np.ndarray:
     """Mean energy in [t, t + sta) over mean energy in [t − lta, t), per sample t (0 where undefined)."""
@@ -39,7 +41,7 @@ def aic_onset(trace: np.ndarray) -> int:
     return int(k[np.argmin(aic)])
 
 
-def pick_p(waveform: np.ndarray, fs: float = 100.0, min_ratio: float = 10.0) -> int:
+def pick_p(waveform: np.ndarray, fs: float = SAMPLING_RATE, min_ratio: float = 10.0) -> int:
     """Sample index of the P onset on the vertical (first) component of [T, C].
 
     High-passed at 2 Hz; energy ratio with 0.5 s after / 2 s before, whose peak must reach

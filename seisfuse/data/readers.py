@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-SAMPLING_RATE = 100.0
-WINDOW = 3001
+from seisfuse.data.transforms import SAMPLING_RATE, WINDOW
+
 COMPONENTS = "ZNE"
 _COMPONENT_INDEX = {"Z": 0, "N": 1, "1": 1, "E": 2, "2": 2}
 

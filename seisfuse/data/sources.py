@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from seisfuse.data.readers import SAMPLING_RATE, SeismicDataError, read_dat
+from seisfuse.data.readers import SeismicDataError, read_dat
+from seisfuse.data.transforms import SAMPLING_RATE, WINDOW
 
 # ----------------------------------------------------------------------------- SFM .dat task folders
 
@@ -165,7 +166,7 @@ class PickTableSource:
     while building, drops the rows that fail and keeps them in `skipped` ([(row, reason)]).
     """
 
-    def __init__(self, table_csv: str | os.PathLike, *, window: int = 3001, skip_bad: bool = False):
+    def __init__(self, table_csv: str | os.PathLike, *, window: int = WINDOW, skip_bad: bool = False):
         from obspy import UTCDateTime
 
         self.table = os.fspath(table_csv)
@@ -342,4 +343,4 @@ def make_source(data: Mapping, split: str | None = None) -> Any:
     if split == "eval" and "eval_path" not in data:
         raise ValueError("the pick_table held-out split needs data.eval_path (a second pick table CSV)")
     return PickTableSource(data["eval_path"] if split == "eval" else data["path"],
-                           window=int(data.get("window", 3001)), skip_bad=bool(data.get("skip_bad", False)))
+                           window=int(data.get("window", WINDOW)), skip_bad=bool(data.get("skip_bad", False)))

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seisfuse.data.transforms import SAMPLING_RATE
+
 
 def hz_to_mel(f: np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear (3 mel per 200 Hz) below 1 kHz, logarithmic above."""
@@ -206,7 +208,7 @@ def power_to_db(
 class MelPreset:
     """Arguments of `melspectrogram` plus the image side they are meant to fill."""
 
-    sr: float = 100.0
+    sr: float = SAMPLING_RATE
     n_fft: int = 256
     hop_length: int = 13
     n_mels: int = 224

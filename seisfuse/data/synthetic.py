@@ -65,11 +65,12 @@ import numpy as np
 from scipy.fft import next_fast_len
 from scipy.ndimage import gaussian_filter1d
 
+from seisfuse.data.transforms import SAMPLING_RATE as FS
+from seisfuse.data.transforms import WINDOW as T
+
 H = W = 224
 DZ = 8.0  # m per image row in depth
 DX = 12.5  # m per trace
-T = 3001
-FS = 100.0
 MAX_LAYERS = 10
 SALT_ID = MAX_LAYERS
 N_FACIES = MAX_LAYERS + 1

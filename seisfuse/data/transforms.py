@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The one home of the waveform conventions every model, reader and task shares (SeisLM's SeisBench
+# windows): samples per window and their rate in Hz (readers resample to it).
 WINDOW = 3001
-SAMPLING_RATE = 100.0  # Hz of every waveform window (readers resample to it)
+SAMPLING_RATE = 100.0
 PICK_SIGMA = 20.0  # samples, SeisLM's phase-picking labels
 FIRST_MOTION = (5, 20)  # samples before and after a P pick that hold the direct P's first swing
 AROUND_PICK = 3000  # SeisLM's picking pre-cut: samples kept before (and after) the chosen pick

@@ -83,16 +83,17 @@ class Embedder:
 
 def load_run_config(run_dir: str | Path, spec: str | None = None,
                     overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """The run's experiment config: `spec` (configs/x.py:variant) if given, else run_dir/config.json."""
-    from seisfuse.train.config import load_config
+    """The run's experiment config: `spec` (align:VARIANT or a config file's path) if given, else
+    run_dir/config.json (with any setting added since the run was made at its default)."""
+    from seisfuse.train.config import load_config, read_run_config
 
     if spec:
         return load_config(spec, overrides)
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass --config configs/align.py:VARIANT (the config the "
-                                "run was trained with)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+        raise FileNotFoundError(f"{path} not found: pass --config align:VARIANT (the config the run was "
+                                "trained with)")
+    return read_run_config(run_dir)
 
 
 def run_identity(config: Mapping[str, Any], step: int) -> dict[str, Any]:
@@ -131,11 +132,11 @@ def load_embedder(run_dir: str | Path, spec: str | None = None, overrides: Seque
     from seisfuse.train.tasks import make_task
 
     config = load_run_config(run_dir, spec, overrides)
-    if config.get("task") != "align":
-        raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not an alignment ('align') run")
+    if config["task"] != "align":
+        raise ValueError(f"{run_dir} is a {config['task']!r} run, not an alignment ('align') run")
     task = make_task(config)
     step, params = restore_params(task, run_dir)
-    return Embedder(task, params, p_window=config.get("data", {}).get("p_window"),
+    return Embedder(task, params, p_window=config["data"]["p_window"],
                     identity=run_identity(config, step))
 
 
@@ -191,7 +192,8 @@ def read_items(files: Sequence[Path], input_key: str, image_size: int = 224,
 
 def _read_records(files: Sequence[Path], pad: bool) -> list[tuple[str, np.ndarray]]:
     """(name, [3001, 3] window) per 3-C record in obspy-readable files (see `read_items`)."""
-    from seisfuse.data.readers import WINDOW, SeismicDataError, stream_to_window, waveform_records
+    from seisfuse.data.readers import SeismicDataError, stream_to_window, waveform_records
+    from seisfuse.data.transforms import WINDOW
 
     out = []
     for name, stream, instrument in waveform_records(files):

@@ -35,14 +35,12 @@ import numpy as np
 from seisfuse.data.readers import (
     _COMPONENT_INDEX,
     COMPONENTS,
-    SAMPLING_RATE,
-    WINDOW,
     RepairWarning,
     SeismicDataError,
     _check_finite,
     read_stream,
 )
-from seisfuse.data.transforms import normalize_waveform
+from seisfuse.data.transforms import SAMPLING_RATE, WINDOW, normalize_waveform
 
 if TYPE_CHECKING:
     from obspy import Stream, Trace, UTCDateTime

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seisfuse.data.transforms import SAMPLING_RATE
 from seisfuse.eval.metrics import class_indices, similarity
 
 
@@ -22,7 +23,7 @@ def _pyplot():
 
 
 def retrieval_grid(path: str | Path, waveforms: np.ndarray, images: np.ndarray, sim: np.ndarray,
-                   queries: Sequence[int], k: int = 4, sample_rate: float = 100.0) -> Path:
+                   queries: Sequence[int], k: int = 4, sample_rate: float = SAMPLING_RATE) -> Path:
     """Rows: a waveform query (3 components) and its top-k images by similarity; the true pair is
     framed green, and its rank is in the row title.
 
@@ -275,7 +276,7 @@ def _pick_time(picks: Mapping[str, float | None], phase: str, sampling_rate: flo
 
 def pick_plot(waveform: np.ndarray, probs: np.ndarray, true_picks: Mapping[str, float | None],
               predicted_picks: Mapping[str, float | None], path: str | Path,
-              sampling_rate: float = 100.0) -> Path:
+              sampling_rate: float = SAMPLING_RATE) -> Path:
     """A record (Z, N, E) above the picker's P, S and noise curves; true picks as solid lines,
     predicted picks dashed (picks are samples, {'P': ..., 'S': ...}, None/NaN where absent)."""
     plt = _pyplot()

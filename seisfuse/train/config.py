@@ -1,10 +1,13 @@
-"""Experiment configs: Python files in configs/ with `get_config(arg)`, plus command-line overrides."""
+"""Experiment configs: Python modules with `get_config(variant)` (the packaged ones in seisfuse/configs,
+or any file by its path), the defaults every config starts from, and command-line overrides."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import json
+import pkgutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +18,9 @@ from etils import epath
 
 
 def loop_defaults() -> ml_collections.ConfigDict:
-    """Settings every task shares; configs/*.py start from these."""
+    """Settings every task shares; every config starts from these and updates them, so each key the
+    engine, the tasks and evaluation read exists in every config (and old runs' config.json files get
+    the keys added since from here, see `read_run_config`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.total_steps = 100
@@ -29,7 +34,14 @@ def loop_defaults() -> ml_collections.ConfigDict:
         "lr": 1e-3, "warmup_steps": 10, "end_lr": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999,
         "eps": 1e-8, "clip_norm": 0.0, "accumulate": 1, "layer_decay": 1.0,
         "unfreeze_step": 0})  # groups labelled ':delayed' train from this step on
-    c.data = ml_collections.ConfigDict({"source": "random"})
+    c.model = ml_collections.ConfigDict({"dtype": "float32"})  # compute dtype; params stay float32
+    c.data = ml_collections.ConfigDict({
+        "source": "random",  # or a seisfuse.data.sources source, with its own keys
+        "num_workers": 0,  # grain worker processes (0: read in the training process)
+        "p_window": None,  # [samples before P, length]: waveforms cut around P; None: whole records
+        "augment": False,
+        "label_key": None,  # the example key a fine-tuning task learns (None: the task's own)
+    })
     c.wandb = ml_collections.ConfigDict({"mode": "offline", "project": "seisfuse"})
     c.tensorboard = True
     return c
@@ -75,8 +87,14 @@ def read_run_config(run_dir: str | Path | epath.Path) -> ml_collections.ConfigDi
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}): the run's config is damaged") from exc
+    return with_defaults(saved)
+
+
+def with_defaults(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` over `loop_defaults()`: every setting the engine, the tasks and evaluation read is
+    present, even where a config replaced a whole section or predates a setting."""
     merged = loop_defaults().to_dict()
-    _merge(merged, saved)
+    _merge(merged, config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
     return ml_collections.ConfigDict(merged)
 
 
@@ -95,7 +113,7 @@ def resume_changes(run_dir: str | Path | epath.Path,
     if not (epath.Path(run_dir) / RUN_CONFIG_FILE).exists():
         return {}
     saved = _flatten(read_run_config(run_dir).to_dict())
-    new = _flatten(json.loads(config.to_json()))
+    new = _flatten(with_defaults(json.loads(config.to_json())).to_dict())
     differ = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new))
               if saved.get(k) != new.get(k)}
     fixed = {k: v for k, v in differ.items() if k.split(".")[0] not in RESUMABLE_KEYS}
@@ -117,15 +135,43 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+CONFIG_PACKAGE = "seisfuse.configs"
+
+
+def packaged_configs() -> tuple[str, ...]:
+    """Names of the configs installed with the package (`align`, `mae_pretrain`, ...)."""
+    package = importlib.import_module(CONFIG_PACKAGE)
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")))
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """'configs/mae_pretrain.py:tiny' -> get_config('tiny'), then apply 'a.b=value' overrides."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location(f"seisfuse_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return apply_overrides(module.get_config(arg) if arg else module.get_config(), overrides)
+    """'align:tiny' (a packaged config by name) or 'configs/align.py:tiny' (any file by its path) ->
+    get_config('tiny') (get_config() when no ':variant') over `loop_defaults()`, then the
+    'a.b=value' overrides."""
+    source, _, variant = spec.partition(":")
+    module = _config_module(source)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config {source} has no get_config(variant) function")
+    config = module.get_config(variant) if variant else module.get_config()
+    return apply_overrides(with_defaults(config), overrides)
+
+
+def _config_module(source: str) -> Any:
+    """The module of a config named by path (ends in .py or has a folder) or by packaged name."""
+    names = packaged_configs()
+    if source.endswith(".py") or "/" in source or "\\" in source:
+        path = Path(source)
+        if not path.is_file():
+            hint = f"; the packaged one loads by name: {path.stem}:VARIANT" if path.stem in names else ""
+            raise FileNotFoundError(f"config file not found: {source}{hint}")
+        module_spec = importlib.util.spec_from_file_location(f"seisfuse_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module
+    if source not in names:
+        raise ValueError(f"unknown config {source!r}: name a packaged config ({', '.join(names)}), e.g. "
+                         "align:tiny, or give a path to a .py file with get_config(variant)")
+    return importlib.import_module(f"{CONFIG_PACKAGE}.{source}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import path_aware_map
 
+from seisfuse.data.transforms import WINDOW
 from seisfuse.train.optim import DELAYED, mae_layer_scales, mae_param_labels
 
 Batch = Mapping[str, Any]
@@ -271,7 +272,7 @@ class SeisLMFineTune(FineTuneTask):
     event classification (`classify`: logits, cross-entropy)."""
 
     num_classes: int = 3
-    num_samples: int = 3001
+    num_samples: int = WINDOW
     family: str = "seislm"
     trunk: str = "wav2vec2"
 
@@ -330,37 +331,36 @@ def make_finetune_task(config: Mapping[str, Any]) -> FineTuneTask:
     """The fine-tuning task an experiment config names (configs/sfm_finetune.py,
     configs/seislm_finetune.py): `task`, `model` (the head and its trunk), `init`, `freeze`."""
     task, model = config["task"], dict(config["model"])
-    init = str(config.get("init") or "")
+    init = str(config["init"])
     unfreeze = int(config["optimizer"]["unfreeze_step"]) > 0
     if task in SFM_TASKS:
         from seisfuse.models.mae import MAEConfig
         from seisfuse.models.sfm_heads import SFMRegressor, SFMSegmenter
 
-        head = dict(model.pop("head", {}))
-        freeze = model.pop("freeze", "none")
+        head = dict(model.pop("head"))
+        freeze = model.pop("freeze")
         if freeze not in ("none", "encoder"):
             raise ValueError(f"model.freeze {freeze!r}: 'none' or 'encoder' (SFM's --forzen)")
-        drop_path = float(head.pop("drop_path", 0.0))
+        drop_path = float(head.pop("drop_path"))
         cfg = MAEConfig.preset(model.pop("preset"), decoder=False, **model)
         if task == "segment":
             num_classes = int(head.pop("num_classes"))
             net = SFMSegmenter(cfg, num_classes=num_classes, drop_path_rate=drop_path, **head)
-            regress: dict[str, Any] = {}
+            loss: dict[str, Any] = {}
         else:
             num_classes = 0
-            regress = dict(config["regress"])
+            regress = config["regress"]
+            loss = {"residual": bool(regress["residual"]), "interpolation": bool(regress["interpolation"]),
+                    "msssim_weight": float(regress["msssim_weight"])}
             net = SFMRegressor(cfg, drop_path_rate=drop_path, **head)
         return SFMFineTune(net, init=init, freeze=("",) if freeze == "encoder" else (), delay_trunk=unfreeze,
-                           name=task, data_task=task, num_classes=num_classes,
-                           residual=bool(regress.get("residual", False)),
-                           interpolation=bool(regress.get("interpolation", False)),
-                           msssim_weight=float(regress.get("msssim_weight", 0.5)))
+                           name=task, data_task=task, num_classes=num_classes, **loss)
     if task in SEISLM_TASKS:
         from seisfuse.models.seislm_heads import SeisLMClassifier, SeisLMPicker
         from seisfuse.models.wav2vec2 import Wav2Vec2Config
 
-        head = dict(model.pop("head", {}))
-        freeze = model.pop("freeze", "none")
+        head = dict(model.pop("head"))
+        freeze = model.pop("freeze")
         choices = {"none": (), "feature_encoder": ("feature_extractor",), "base": ("",)}
         if freeze not in choices:
             raise ValueError(f"model.freeze {freeze!r}: one of {sorted(choices)}")

@@ -100,7 +100,7 @@ class Trainer:
         self.mesh = make_mesh(**config["mesh"])
         self.local_batch = local_batch_size(config["batch_size"], self.mesh)
         self.first_example = process_batch_offset(config["batch_size"], self.mesh)
-        self.accumulate = int(config["optimizer"].get("accumulate", 1))
+        self.accumulate = int(config["optimizer"]["accumulate"])
         if self.local_batch % self.accumulate:
             raise ValueError(f"per-process batch {self.local_batch} is not divisible by "
                              f"accumulate={self.accumulate}")
@@ -110,7 +110,7 @@ class Trainer:
         abstract_params = nn.unbox(boxed)
         opt = config["optimizer"]
         scales = (task.layer_scales(abstract_params, opt["layer_decay"])
-                  if opt.get("layer_decay", 1.0) != 1.0 else None)
+                  if opt["layer_decay"] != 1.0 else None)
         labels = task.param_labels(abstract_params)
         self.tx = optimizer_from_config(opt, labels, config["total_steps"], scales)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -207,9 +207,8 @@ def config_pipeline(source: Any, data_task: str, config: Mapping[str, Any], batc
     from seisfuse.data.pipeline import make_dataset
 
     data = config["data"]
-    options = dict(batch_size=batch_size, seed=config["seed"], num_workers=data.get("num_workers", 0),
-                   p_window=data.get("p_window"), augment=bool(data.get("augment", False)),
-                   label_key=data.get("label_key"))
+    options = dict(batch_size=batch_size, seed=config["seed"], num_workers=data["num_workers"],
+                   p_window=data["p_window"], augment=bool(data["augment"]), label_key=data["label_key"])
     return make_dataset(source, task=data_task, **{**options, **overrides})
 
 
@@ -256,7 +255,7 @@ def _run(task: Task, config: Mapping[str, Any], workdir: epath.Path, resume: boo
     total = int(config["total_steps"])
     logger = MetricLogger(workdir, total_steps=total, global_batch=config["batch_size"],
                           flops_per_step=task.flops_per_example() * config["batch_size"],
-                          dtype=config["model"].get("dtype", "float32"), wandb_config=config["wandb"],
+                          dtype=config["model"]["dtype"], wandb_config=config["wandb"],
                           tensorboard=config["tensorboard"], run_config=config)
     step = int(jax.device_get(state.step))
     pending: tuple[int, dict] | None = None

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import path_aware_map
 
+from seisfuse.data.transforms import WINDOW
 from seisfuse.losses import (
     CLIP_LOGIT_SCALE_INIT,
     SIGLIP_BIAS_INIT,
@@ -138,7 +139,7 @@ class Wav2Vec2Pretraining:
     """SeisLM/wav2vec 2.0 pretraining with the Gumbel temperature annealed 2.0 -> 0.5 (cosine)."""
 
     cfg: Wav2Vec2Config
-    num_samples: int = 3001
+    num_samples: int = WINDOW
     total_steps: int = 1
     gumbel_start: float = 2.0
     gumbel_end: float = 0.5
@@ -224,10 +225,10 @@ def make_task(config: Mapping[str, Any]) -> Task:
     model = dict(config["model"])
     preset = model.pop("preset")
     if config["task"] == "mae":
-        return MAEPretraining(MAEConfig.preset(preset, **model), mask_ratio=config.get("mask_ratio", 0.75))
+        return MAEPretraining(MAEConfig.preset(preset, **model), mask_ratio=config["mask_ratio"])
     if config["task"] == "seislm":
         return Wav2Vec2Pretraining(Wav2Vec2Config.preset(preset, **model),
-                                   num_samples=config.get("num_samples", 3001),
+                                   num_samples=config["num_samples"],
                                    total_steps=config["total_steps"])
     raise ValueError(f"unknown task {config['task']!r}; choose 'mae', 'seislm', 'align', "
                      f"{', '.join(repr(t) for t in SFM_TASKS + SEISLM_TASKS)}")
@@ -250,7 +251,7 @@ class AlignTask:
     trainable: tuple[tuple[str, str], ...] = ()
     weights: tuple[tuple[str, str], ...] = ()
     mesh_axes: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
-    num_samples: int = 3001
+    num_samples: int = WINDOW
     name: str = "align"
     data_task: str = "paired"
 
@@ -351,33 +352,33 @@ class AlignTask:
         model = config["model"]
         scale, bias = ((SIGLIP_LOGIT_SCALE_INIT, SIGLIP_BIAS_INIT) if config["loss"] == "siglip"
                        else (CLIP_LOGIT_SCALE_INIT, None))
-        if model.get("logit_scale_init") is not None:
+        if model["logit_scale_init"] is not None:
             scale = float(model["logit_scale_init"])
         towers, trainable, weights = [], [], []
         for modality in model["modalities"]:
             spec = model[modality]
-            overrides = {"dtype": model.get("dtype", "float32"), **dict(spec.get("overrides", {}))}
-            if spec.get("weights"):
+            overrides = {"dtype": model["dtype"], **dict(spec["overrides"])}
+            if spec["weights"]:
                 kind, converted, _ = _converted(spec["weights"])
                 towers.append(tower_from_converted(modality, spec["kind"], kind, converted,
-                                                   spec.get("pooling", "mean"), **overrides))
+                                                   spec["pooling"], **overrides))
                 weights.append((modality, str(spec["weights"])))
             else:
                 towers.append(TowerConfig.from_preset(modality, spec["kind"], spec["preset"],
-                                                      spec.get("pooling", "mean"), **overrides))
-            trainable.append((modality, str(spec.get("trainable", "all"))))
-        cfg = JointConfig(tuple(towers), embed_dim=model["embed_dim"], head=model.get("head", "linear"),
+                                                      spec["pooling"], **overrides))
+            trainable.append((modality, str(spec["trainable"])))
+        cfg = JointConfig(tuple(towers), embed_dim=model["embed_dim"], head=model["head"],
                           logit_scale_init=scale, logit_bias_init=bias)
-        pairs = tuple(tuple(p) for p in config.get("pairs", [list(model["modalities"][:2])]))
-        p_window = config.get("data", {}).get("p_window")
+        pairs = tuple(tuple(p) for p in config["pairs"])
+        p_window = config["data"]["p_window"]
         mel = [t.modality for t in towers if t.kind == "mel-sfm"]
         if p_window and mel:
             raise ValueError(f"data.p_window cuts waveforms to {p_window[1]} samples, but the mel-sfm tower "
-                             f"of {mel} makes its Mel image from whole 3001-sample records: drop "
+                             f"of {mel} makes its Mel image from whole {WINDOW}-sample records: drop "
                              "data.p_window (configs/align.py's -mel variants do)")
         return cls(cfg, loss_name=config["loss"], pairs=pairs, trainable=tuple(trainable),
                    weights=tuple(weights), mesh_axes=tuple(dict(config["mesh"]).items()),
-                   num_samples=int(p_window[1]) if p_window else 3001)
+                   num_samples=int(p_window[1]) if p_window else WINDOW)
 
 
 def _tower_flops(backbone: MAEConfig | Wav2Vec2Config, num_samples: int) -> float:

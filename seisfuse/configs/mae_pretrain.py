@@ -1,6 +1,6 @@
 """SFM/MAE pretraining. Variants: tiny (CPU smoke run), base, large (SFM's recipe, docs/specs.md).
 
-    seisfuse train --config configs/mae_pretrain.py:tiny --workdir runs/mae-tiny
+    seisfuse train --config mae_pretrain:tiny --workdir runs/mae-tiny
 """
 
 from seisfuse.train.config import loop_defaults
@@ -14,12 +14,12 @@ def get_config(variant: str = "tiny"):
     c = loop_defaults()
     c.task = "mae"
     c.mask_ratio = 0.75
-    c.model = {"preset": variant, "img_size": 224, "dtype": "float32"}
+    c.model.update({"preset": variant, "img_size": 224, "dtype": "float32"})
     if variant == "tiny":  # depth overridable: SFM's segmentation head taps every depth/4-th block
         c.model.depth = 2
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay = 0.9, 0.95, 0.05
     if variant == "tiny":
-        c.data = {"source": "synthetic", "num_examples": 1024, "dataset_seed": 0, "num_workers": 0}
+        c.data.update({"source": "synthetic", "num_examples": 1024, "dataset_seed": 0, "num_workers": 0})
         c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 60, 8, 10, 30
         c.optimizer.lr, c.optimizer.warmup_steps = 1e-3, 10
         return c

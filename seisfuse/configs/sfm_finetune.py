@@ -7,8 +7,8 @@ layer decay 0.05 (sic, the scripts' value), drop path 0.1, 100 epochs with 10 wa
 2 accumulation. The regression scripts' epoch counts are not in this package's notes: they use the
 segmentation recipe (say so when you report them).
 
-    seisfuse finetune --config configs/sfm_finetune.py:facies-tiny --workdir runs/facies-tiny
-    seisfuse finetune --config configs/sfm_finetune.py:facies --workdir runs/facies \
+    seisfuse finetune --config sfm_finetune:facies-tiny --workdir runs/facies-tiny
+    seisfuse finetune --config sfm_finetune:facies --workdir runs/facies \
         --init converted/sfm-base --config.data.path=DATA/facies
     seisfuse evaluate runs/facies-tiny
 
@@ -46,13 +46,13 @@ def get_config(variant: str = "facies-tiny"):
     c.regress = {"residual": False, "interpolation": False, "msssim_weight": 0.5, **regress}
     head = {"drop_path": 0.1}
     head.update({"num_classes": width} if task == "segment" else {"out_channels": width})
-    c.model = {"preset": "base", "img_size": img_size, "dtype": "float32", "freeze": "none", "head": head}
+    c.model.update(preset="base", img_size=img_size, dtype="float32", freeze="none", head=head)
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay = 0.9, 0.999, 0.05
     c.optimizer.layer_decay = 0.05
     if size == "tiny":
         return _tiny(c, name, task, label_key)
-    c.data = {"source": "dat", "path": "", "task": name, "split": "train", "size": img_size,
-              "label_key": label_key, "augment": True, "num_workers": 4}
+    c.data.update({"source": "dat", "path": "", "task": name, "split": "train", "size": img_size,
+                   "label_key": label_key, "augment": True, "num_workers": 4})
     c.batch_size, c.optimizer.accumulate = 2, 2
     steps_per_epoch = TRAIN_IMAGES // c.batch_size
     c.total_steps = EPOCHS * steps_per_epoch
@@ -72,8 +72,8 @@ def _tiny(c, name: str, task: str, label_key: str):
     else:
         c.model.head.update(decoder_channels=(64, 32, 16, 16), skip_channels=16)
     c.model.head.drop_path = 0.0
-    c.data = {"source": "synthetic", "num_examples": 512, "dataset_seed": 0, "eval_examples": 64,
-              "label_key": label_key, "augment": True, "num_workers": 0}
+    c.data.update({"source": "synthetic", "num_examples": 512, "dataset_seed": 0, "eval_examples": 64,
+                   "label_key": label_key, "augment": True, "num_workers": 0})
     c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 200, 8, 20, 100
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.layer_decay = 1e-3, 20, 0.75
     return c

@@ -5,8 +5,8 @@ The full variants follow seisLM/configs/phasepick/*_seisLM*.json and
 foreshock_aftershock/seisLM_base_shock_classifier.json as far as this package records them
 (batch, lr and epochs are stated below; check them against the original before comparing runs).
 
-    seisfuse finetune --config configs/seislm_finetune.py:pick-tiny --workdir runs/pick-tiny
-    seisfuse finetune --config configs/seislm_finetune.py:pick --workdir runs/pick \
+    seisfuse finetune --config seislm_finetune:pick-tiny --workdir runs/pick-tiny
+    seisfuse finetune --config seislm_finetune:pick --workdir runs/pick \
         --init converted/seislm-base --config.data.path=DATA/ETHZ
     seisfuse evaluate runs/pick-tiny
     seisfuse pick day/*.mseed --run runs/pick-tiny --out picks.csv
@@ -19,6 +19,7 @@ label for `classify` (synthetic records: distance_class, magnitude_class; a reco
 column for data.source=pick_table).
 """
 
+from seisfuse.data.transforms import WINDOW
 from seisfuse.train.config import loop_defaults
 
 
@@ -29,27 +30,27 @@ def get_config(variant: str = "pick-tiny"):
     c = loop_defaults()
     c.task = name
     c.init = ""
-    c.num_samples = 3001
+    c.num_samples = WINDOW
     head = {} if name == "pick" else {"num_classes": 4}
-    c.model = {"preset": "seislm-base", "dtype": "float32", "freeze": "feature_encoder", "head": head}
+    c.model.update({"preset": "seislm-base", "dtype": "float32", "freeze": "feature_encoder", "head": head})
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay = 0.9, 0.999, 0.01
     if size == "tiny":
         c.model.preset = "tiny"
         c.model.freeze = "none"
         if name == "classify":
             c.model.head.classifier_proj_size = 32
-        c.data = {"source": "synthetic", "num_examples": 512, "dataset_seed": 0, "eval_examples": 64,
-                  "label_key": "distance_class" if name == "classify" else None, "augment": True,
-                  "num_workers": 0}
+        c.data.update({"source": "synthetic", "num_examples": 512, "dataset_seed": 0, "eval_examples": 64,
+                       "label_key": "distance_class" if name == "classify" else None, "augment": True,
+                       "num_workers": 0})
         c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 200, 8, 20, 100
         c.optimizer.lr, c.optimizer.warmup_steps = 1e-3, 20
         return c
     if name == "pick":
-        c.data = {"source": "seisbench", "path": "", "split": "train", "augment": True, "num_workers": 4,
-                  "label_key": None}
+        c.data.update({"source": "seisbench", "path": "", "split": "train", "augment": True, "num_workers": 4,
+                       "label_key": None})
     else:  # event classes from a table of records (file,p_time,s_time,label), e.g. Norcia's
-        c.data = {"source": "pick_table", "path": "", "eval_path": "", "augment": False, "num_workers": 4,
-                  "label_key": "label"}
+        c.data.update({"source": "pick_table", "path": "", "eval_path": "", "augment": False,
+                       "num_workers": 4, "label_key": "label"})
     c.batch_size = 32
     c.total_steps, c.optimizer.warmup_steps = 30_000, 1500
     c.optimizer.lr = 1e-4
