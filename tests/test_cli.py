@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from flax.traverse_util import flatten_dict
@@ -58,3 +59,14 @@ def test_convert_seislm_lightning_checkpoint(tmp_path):
     flat = flatten_dict(params, sep="/")
     for path, value in flatten_dict(expected, sep="/").items():
         np.testing.assert_array_equal(flat[path], np.asarray(value), err_msg=path)
+
+
+def test_config_named_either_way_or_misnamed(tmp_path, capsys, monkeypatch):
+    """The packaged configs by name (any install) or by path (a checkout); `finetune` reads them,
+    then refuses a pretraining config (before anything is built or written)."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for spec in ("mae_pretrain:tiny", "configs/mae_pretrain.py:tiny"):
+        assert main(["finetune", "--config", spec, "--workdir", str(tmp_path)]) == 2
+        assert "is a 'mae' config" in capsys.readouterr().err
+    assert main(["train", "--config", "mea_pretrain:tiny", "--workdir", str(tmp_path)]) == 2
+    assert "unknown config 'mea_pretrain'" in capsys.readouterr().err
