@@ -62,6 +62,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
                              "configs/sfm_finetune.py or configs/seislm_finetune.py (use `seisfuse train`)")
         if args.init is not None:
             config.init = args.init
+    _record(args.workdir, args, resume=args.resume)
     train(make_task(config), config, args.workdir, resume=args.resume)
     return 0
 
@@ -162,8 +163,28 @@ def _modality(embedder, requested: str, inputs: Sequence[str]) -> str:
 def _demo(args: argparse.Namespace, _overrides: list[str]) -> int:
     from seisfuse.demo import HELDOUT_PAIRS, TRAIN_PAIRS, run_demo
 
+    _record(args.out, args)
     run_demo(args.out, train_pairs=args.train_pairs or TRAIN_PAIRS,
              heldout_pairs=args.heldout_pairs or HELDOUT_PAIRS, steps=args.steps, workers=args.workers)
+    return 0
+
+
+def _record(workdir: str, args: argparse.Namespace, resume: bool = False) -> None:
+    """The command line that makes (or resumes) a run, kept in WORKDIR/command.json for `seisfuse view`."""
+    import jax
+
+    from seisfuse.eval.view import record_command
+
+    if jax.process_index() == 0:
+        record_command(workdir, args.argv, resume=resume)
+
+
+def _view(args: argparse.Namespace, overrides: list[str]) -> int:
+    from seisfuse.eval.view import view_run
+
+    path = view_run(args.run_dir, data=args.data, overrides=[o.removeprefix("--") for o in overrides],
+                    out=args.out, n=args.n)
+    print(f"wrote {path}")
     return 0
 
 
@@ -282,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--heldout-pairs", type=int, default=None, help="held-out pairs (default 256)")
     demo.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
     demo.set_defaults(run=_demo)
+
+    view = sub.add_parser("view", help="one self-contained HTML report of a run (figures inlined, offline)",
+                          description="Write one HTML page showing what a run's model does on held-out "
+                                      "examples (sections chosen by its task), with its metrics, training "
+                                      "curves, config, software versions and the command that made it. "
+                                      "Works on train/finetune/demo runs (partial ones too) and experiment "
+                                      "folders (results.json). Override data settings with "
+                                      "--data.key=value.")
+    view.add_argument("run_dir", metavar="RUN", help="a run folder or an experiment folder")
+    view.add_argument("--data", default=None,
+                      help="held-out data to show (an SFM .dat task folder for image runs, a SeisBench "
+                           "folder or a pick table .csv for waveform runs; default: the run's own)")
+    view.add_argument("--out", default=None, help="the page to write (default RUN/report.html)")
+    view.add_argument("--n", type=int, default=16, help="examples to show (default 16)")
+    view.set_defaults(run=_view, accepts_overrides=True)
     return parser
 
 
@@ -297,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # recorded with a run (command.json)
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     bad = [e for e in extra if not (e.startswith("--") and "=" in e)]

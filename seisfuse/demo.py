@@ -129,6 +129,9 @@ def run_demo(out: str | Path, *, train_pairs: int = TRAIN_PAIRS, heldout_pairs: 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "summary.txt").write_text(summary(metrics))
     print(summary(metrics), flush=True)
+    from seisfuse.eval.view import view_run
+
+    print(f"report: {view_run(out)} (open it in a browser)", flush=True)
     return metrics
 
 
