@@ -294,6 +294,22 @@ def test_data_of_the_wrong_modality_gets_one_line(segment_run, tmp_path, capsys)
     assert "\n" not in err and "holds waveforms" in err and "reads seismic images" in err
 
 
+def test_view_on_other_data_of_the_runs_modality(segment_run, tmp_path):
+    root = tmp_path / "facies"  # SFM's facies task layout: seismic/<i>.dat, label/<i>.dat (classes 1..6)
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        for folder, array in (("seismic", rng.standard_normal((224, 224))),
+                              ("label", np.repeat(np.arange(1, 7), 224 * 224 // 6 + 1)[:224 * 224])):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            array.astype("<f4").tofile(root / folder / f"{i}.dat")
+    out = tmp_path / "other.html"
+    assert main(["view", str(segment_run), "--data", str(root), "--data.size=224", "--data.train_count=0",
+                 "--n", "2", "--out", str(out)]) == 0
+    confusion = np.asarray(_embedded(out)["sections"]["segmentation"]["confusion"])
+    assert confusion.sum() == 2 * 224 * 224 and confusion[6:].sum() == 0  # the folder's 6 classes, 0-based
+    assert f"of the dat source ({root})" in out.read_text()
+
+
 def test_a_partial_run_gets_a_report_of_what_exists(segment_run, tmp_path):
     partial = tmp_path / "killed"
     shutil.copytree(segment_run, partial)

@@ -456,6 +456,11 @@ def experiment_table(records: Sequence[Mapping[str, Any]], level: float = 0.95) 
 # ====================================================================== model outputs on held-out data
 
 
+# The SFM task folder whose labels a run trained on the synthetic generator's learns (data.label_key).
+SFM_TASK_OF_LABEL = {"facies": "facies", "salt": "salt", "clean": "denoise", "reflectivity": "reflectivity",
+                     "image": "interpolation"}
+
+
 def data_modality(path: str | Path) -> tuple[str, str]:
     """(modality, source kind) of a --data path: an SFM .dat task folder holds images; a SeisBench
     folder (metadata*.csv) or a pick table (.csv) holds waveforms."""
@@ -495,11 +500,19 @@ def heldout_config(info: RunInfo, data: str | Path | None, overrides: Sequence[s
                       else "waveforms (a SeisBench folder or a pick table .csv)")
             raise ValueError(f"--data {data} holds {modality}s ({source}), but {info.path} is a {task!r} "
                              f"run, which reads {wanted}")
+        label_key = config.data.label_key
         config.data.source, config.data.path = source, str(data)
+        config.data.label_key = "label" if task == "classify" and source == "pick_table" else None
         if source == "pick_table":
             config.data.eval_path = str(data)
-        config.data.label_key = "label" if task == "classify" and source == "pick_table" else None
+        if source == "dat":  # every key the source reads exists, so --data.key=value can set it
+            config.data.task = config.data.get("task") or SFM_TASK_OF_LABEL.get(label_key)
+            config.data.size = config.data.get("size")
+            config.data.train_count = config.data.get("train_count")
     config = apply_overrides(config, overrides)
+    if config.data.source == "dat" and not config.data.get("task"):
+        raise ValueError(f"--data {data} is an SFM task folder: name its task with --data.task=facies, salt, "
+                         "denoise, reflectivity or interpolation")
     if config.data.source == "synthetic":
         config.data.eval_examples = n  # the first n held-out examples, whatever the run evaluated on
     return config
@@ -644,6 +657,8 @@ def _waveform_png(waveform: np.ndarray, title: str, sampling_rate: float = 100.0
 
 def _curves_png(scalars: Mapping[str, Sequence[tuple[int, float]]]) -> bytes:
     """One small panel per logged quantity against the step."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     tags = list(scalars)
     cols = min(3, len(tags))
@@ -654,6 +669,7 @@ def _curves_png(scalars: Mapping[str, Sequence[tuple[int, float]]]) -> bytes:
         ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         positive = all(v > 0 for v in values)
         if tag.startswith("loss") and positive and max(values) / min(values) > 30:
             ax.set_yscale("log")
