@@ -1,11 +1,15 @@
-"""load_sfm on the file variants users have: encoder-only, fine-tuned, damaged."""
+"""load_sfm on the file variants users have: encoder-only, fine-tuned, damaged; export order; the
+key-table drivers (load, export, shape check) that both converters are built on."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from seisfuse.convert import CheckpointError, load_sfm
+from seisfuse.convert.common import KeyEntry, export_table, load_table, table_shapes
+from seisfuse.convert.sfm import params_to_state_dict
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.testing.mae_torch import build_reference, save_like_sfm
 
@@ -82,3 +86,83 @@ def test_unknown_width_needs_explicit_heads(tmp_path):
         load_sfm(path)
     loaded, _ = load_sfm(path, num_heads=3)
     assert (loaded.embed_dim, loaded.num_heads, loaded.decoder) == (48, 3, False)
+
+
+def test_export_keeps_the_original_order_and_inverts_load(tiny_ref, tmp_path):
+    path = tmp_path / "mae.pth"
+    save_like_sfm(tiny_ref, path)
+    cfg, params = load_sfm(path)
+    exported = params_to_state_dict(jax.tree.map(np.asarray, params), cfg)
+    assert list(exported) == list(tiny_ref.state_dict())
+    for key, value in tiny_ref.state_dict().items():
+        np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
+
+
+# ----------------------------------------------------------------- the key-table drivers
+
+EVERY_KIND = [
+    KeyEntry("raw", ("raw",), "raw", (1, 2, 3)),
+    KeyEntry("lin", ("lin",), "linear", (5, 4)),
+    KeyEntry("lin_nb", ("lin_nb",), "linear", (5, 4), bias=False),
+    KeyEntry("q", ("attn", "query"), "attn_in", (6, 6), heads=2),
+    KeyEntry("o", ("attn", "out"), "attn_out", (6, 6), heads=3),
+    KeyEntry("qkv", ("blk", "attn"), "qkv", (12, 4), heads=2),
+    KeyEntry("c1", ("c1",), "conv1d", (4, 3, 5)),
+    KeyEntry("c2", ("c2",), "conv2d", (4, 3, 2, 2), bias=False),
+    KeyEntry("ln", ("ln",), "norm", (4,)),
+    KeyEntry("wn", ("wn",), "weight_norm", (6, 3, 5)),
+    KeyEntry("bn", ("bn",), "bn", (4,)),
+]
+
+
+def _state_for(table) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    state = {key: rng.standard_normal(shape).astype(np.float32) for key, shape in table_shapes(table).items()}
+    state["bn.num_batches_tracked"] = np.array(7, np.int64)
+    return state
+
+
+def test_every_kind_round_trips_exactly_in_the_original_order():
+    state = _state_for(EVERY_KIND)
+    variables, unused = load_table(state, EVERY_KIND, "toy")
+    assert unused == []
+    assert variables["params"]["attn"]["query"]["kernel"].shape == (6, 2, 3)  # [in, heads, head_dim]
+    assert variables["params"]["blk"]["attn"]["value"]["bias"].shape == (2, 2)
+    assert variables["batch_stats"]["bn"]["var"].shape == (4,)
+    np.testing.assert_array_equal(variables["params"]["lin"]["kernel"], state["lin.weight"].T)
+    np.testing.assert_array_equal(variables["params"]["c2"]["kernel"],
+                                  state["c2.weight"].transpose(2, 3, 1, 0))  # NHWC: [kh, kw, in, out]
+    back = export_table(variables, EVERY_KIND, "toy")
+    assert list(back) == list(state)
+    for key, value in state.items():
+        expected = np.zeros((), np.int64) if key == "bn.num_batches_tracked" else value  # written as 0
+        assert back[key].dtype == expected.dtype and back[key].shape == expected.shape, key
+        np.testing.assert_array_equal(back[key], expected, err_msg=key)
+
+
+def test_the_drivers_name_what_does_not_fit():
+    state = _state_for(EVERY_KIND)
+    bad = {**state, "bn.num_batches_tracked": np.zeros((), np.float32), "extra.weight": np.zeros(2)}
+    del bad["wn.bias"]
+    with pytest.raises(CheckpointError) as info:
+        load_table(bad, EVERY_KIND, "toy")
+    message = str(info.value)
+    assert "missing keys (1): wn.bias" in message and "unexpected keys (1): extra.weight" in message
+    assert "bn.num_batches_tracked: dtype float32, expected an integer counter" in message
+    # Keys outside the model's own prefixes are returned for a warning instead.
+    _, unused = load_table({**state, "head.weight": np.zeros(2)}, EVERY_KIND, "toy", owned=("lin",))
+    assert unused == ["head.weight"]
+    variables, _ = load_table(state, EVERY_KIND, "toy")
+    del variables["batch_stats"]["bn"]["mean"]
+    with pytest.raises(CheckpointError, match="lack 1 tensors the original has: batch_stats/bn/mean"):
+        export_table(variables, EVERY_KIND, "toy")
+    variables, _ = load_table(state, EVERY_KIND, "toy")
+    variables["params"]["spare"] = np.zeros(3)
+    with pytest.raises(CheckpointError, match="hold 1 tensors the original does not have: params/spare"):
+        export_table(variables, EVERY_KIND, "toy")
+    variables, _ = load_table(state, EVERY_KIND, "toy")
+    variables["params"]["ln"]["scale"] = np.zeros(5)
+    with pytest.raises(CheckpointError, match=r"ln.weight: file \(5,\), expected \(4,\)"):
+        export_table(variables, EVERY_KIND, "toy")
+    with pytest.raises(ValueError, match="unknown key-table kind 'lstm'"):
+        KeyEntry("rnn", ("rnn",), "lstm", (2, 2))

@@ -8,13 +8,14 @@ ml_collections config when the file carries one -- read as inert data, never exe
 otherwise from the known layouts (SeisLM "layer" norm = pre-LN with scaled logits, HF "group"
 norm = post-LN). `load_seislm` reads the trunk of any file (reporting head keys it ignores);
 `load_seislm_finetuned` reads a fine-tuned phase picker or event classifier whole, into the Flax
-models of `seisfuse.models.seislm_heads`, and `export_seislm_finetuned` writes one back. Every
-config value read from a file is type- and range-checked: a hostile file gives CheckpointError.
+models of `seisfuse.models.seislm_heads`, and `export_seislm_finetuned` writes one back. One key
+table per model (`key_table`, plus `head_key_table` for a downstream head; see
+`seisfuse.convert.common`) drives loading, export and the shape check. Every config value read
+from a file is type- and range-checked: a hostile file gives CheckpointError.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -25,14 +26,13 @@ import flax.linen as nn
 import numpy as np
 
 from seisfuse.convert.common import (
-    check_state_dict,
+    KeyEntry,
+    KeyTable,
+    export_table,
     find_state_dict,
-    float32,
-    linear,
-    linear_back,
-    norm,
-    norm_back,
+    load_table,
     report_unused,
+    table_shapes,
     to_jax,
 )
 from seisfuse.convert.torch_format import (
@@ -50,6 +50,7 @@ WEIGHT_NORM_KEYS = {"weight_g": "parametrizations.weight.original0",
                     "weight_v": "parametrizations.weight.original1"}
 POS_CONV = "wav2vec2.encoder.pos_conv_embed.conv"
 PRETRAINING_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
+MASKED_SPEC_EMBED = "wav2vec2.masked_spec_embed"
 
 
 # ----------------------------------------------------------------- reading the file
@@ -287,77 +288,61 @@ def infer_config(state: Mapping[str, Any], hints: Mapping[str, Any] | None = Non
         raise CheckpointError(f"inconsistent SeisLM configuration {values}: {exc}") from exc
 
 
-def expected_shapes(cfg: Wav2Vec2Config, *, pretraining: bool = True,
-                    masked_spec_embed: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every key of the original model for `cfg` (trunk only when pretraining=False), with shapes."""
-    h, f = cfg.hidden_size, cfg.intermediate_size
-    shapes: dict[str, tuple[int, ...]] = {}
+def key_table(cfg: Wav2Vec2Config, *, pretraining: bool = True, masked_spec_embed: bool = True) -> KeyTable:
+    """The original model's modules for `cfg` (the `wav2vec2` trunk only when pretraining=False),
+    in its state_dict's order."""
+    h, f, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    trunk = ("wav2vec2",)
+    table: KeyTable = []
     if masked_spec_embed:
-        shapes["wav2vec2.masked_spec_embed"] = (h,)
+        table.append(KeyEntry(MASKED_SPEC_EMBED, (*trunk, "masked_spec_embed"), "raw", (h,)))
     c_in = cfg.input_channels
     for i, (c_out, k) in enumerate(zip(cfg.conv_dim, cfg.conv_kernel, strict=True)):
         key = f"wav2vec2.feature_extractor.conv_layers.{i}"
-        shapes[f"{key}.conv.weight"] = (c_out, c_in, k)
-        if cfg.conv_bias:
-            shapes[f"{key}.conv.bias"] = (c_out,)
+        path = (*trunk, "feature_extractor", f"conv_layers_{i}")
+        table.append(KeyEntry(f"{key}.conv", (*path, "conv"), "conv1d", (c_out, c_in, k), bias=cfg.conv_bias))
         if cfg.feat_extract_norm == "layer" or i == 0:
-            shapes[f"{key}.layer_norm.weight"] = shapes[f"{key}.layer_norm.bias"] = (c_out,)
+            table.append(KeyEntry(f"{key}.layer_norm", (*path, "layer_norm"), "norm", (c_out,)))
         c_in = c_out
     c = cfg.conv_dim[-1]
-    shapes.update({
-        "wav2vec2.feature_projection.layer_norm.weight": (c,),
-        "wav2vec2.feature_projection.layer_norm.bias": (c,),
-        "wav2vec2.feature_projection.projection.weight": (h, c),
-        "wav2vec2.feature_projection.projection.bias": (h,),
-        f"{POS_CONV}.bias": (h,),
-        f"{POS_CONV}.parametrizations.weight.original0": (1, 1, cfg.num_conv_pos_embeddings),
-        f"{POS_CONV}.parametrizations.weight.original1":
-            (h, h // cfg.num_conv_pos_embedding_groups, cfg.num_conv_pos_embeddings),
-        "wav2vec2.encoder.layer_norm.weight": (h,), "wav2vec2.encoder.layer_norm.bias": (h,),
-    })
+    projection, encoder = (*trunk, "feature_projection"), (*trunk, "encoder")
+    table += [
+        KeyEntry("wav2vec2.feature_projection.layer_norm", (*projection, "layer_norm"), "norm", (c,)),
+        KeyEntry("wav2vec2.feature_projection.projection", (*projection, "projection"), "linear", (h, c)),
+        KeyEntry(POS_CONV, (*encoder, "pos_conv_embed", "conv"), "weight_norm",
+                 (h, h // cfg.num_conv_pos_embedding_groups, cfg.num_conv_pos_embeddings)),
+        KeyEntry("wav2vec2.encoder.layer_norm", (*encoder, "layer_norm"), "norm", (h,)),
+    ]
     for i in range(cfg.num_hidden_layers):
-        key = f"wav2vec2.encoder.layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[f"{key}.attention.{proj}.weight"] = (h, h)
-            shapes[f"{key}.attention.{proj}.bias"] = (h,)
-        for ln in ("layer_norm", "final_layer_norm"):
-            shapes[f"{key}.{ln}.weight"] = shapes[f"{key}.{ln}.bias"] = (h,)
-        shapes.update({f"{key}.feed_forward.intermediate_dense.weight": (f, h),
-                       f"{key}.feed_forward.intermediate_dense.bias": (f,),
-                       f"{key}.feed_forward.output_dense.weight": (h, f),
-                       f"{key}.feed_forward.output_dense.bias": (h,)})
+        key, path = f"wav2vec2.encoder.layers.{i}", (*encoder, f"layers_{i}")
+        attention, attention_path = f"{key}.attention", (*path, "attention")
+        table += [KeyEntry(f"{attention}.{proj}", (*attention_path, name), "attn_in", (h, h), heads=heads)
+                  for proj, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"))]
+        table += [
+            KeyEntry(f"{attention}.out_proj", (*attention_path, "out"), "attn_out", (h, h), heads=heads),
+            KeyEntry(f"{key}.layer_norm", (*path, "layer_norm"), "norm", (h,)),
+            KeyEntry(f"{key}.feed_forward.intermediate_dense", (*path, "feed_forward", "intermediate_dense"),
+                     "linear", (f, h)),
+            KeyEntry(f"{key}.feed_forward.output_dense", (*path, "feed_forward", "output_dense"),
+                     "linear", (h, f)),
+            KeyEntry(f"{key}.final_layer_norm", (*path, "final_layer_norm"), "norm", (h,)),
+        ]
     if pretraining:
         gv, p = cfg.num_codevectors, cfg.proj_codevector_dim
-        shapes.update({
-            "quantizer.codevectors": (1, gv, cfg.codevector_dim // cfg.num_codevector_groups),
-            "quantizer.weight_proj.weight": (gv, c), "quantizer.weight_proj.bias": (gv,),
-            "project_hid.weight": (p, h), "project_hid.bias": (p,),
-            "project_q.weight": (p, cfg.codevector_dim), "project_q.bias": (p,),
-        })
-    return shapes
+        table += [
+            KeyEntry("quantizer.codevectors", ("quantizer", "codevectors"), "raw",
+                     (1, gv, cfg.codevector_dim // cfg.num_codevector_groups)),
+            KeyEntry("quantizer.weight_proj", ("quantizer", "weight_proj"), "linear", (gv, c)),
+            KeyEntry("project_hid", ("project_hid",), "linear", (p, h)),
+            KeyEntry("project_q", ("project_q",), "linear", (p, cfg.codevector_dim)),
+        ]
+    return table
 
 
-# ----------------------------------------------------------------- torch -> flax
-
-
-
-
-def _conv(state: Mapping[str, Any], key: str) -> Params:
-    out = {"kernel": float32(state[f"{key}.weight"]).transpose(2, 1, 0)}
-    if f"{key}.bias" in state:
-        out["bias"] = float32(state[f"{key}.bias"])
-    return out
-
-
-def _attention(state: Mapping[str, Any], key: str, heads: int) -> Params:
-    out = {}
-    for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        w, b = float32(state[f"{key}.{proj}.weight"]), float32(state[f"{key}.{proj}.bias"])
-        out[name] = {"kernel": w.T.reshape(w.shape[1], heads, -1), "bias": b.reshape(heads, -1)}
-    w = float32(state[f"{key}.out_proj.weight"])
-    out["out"] = {"kernel": w.T.reshape(heads, -1, w.shape[0]),
-                  "bias": float32(state[f"{key}.out_proj.bias"])}
-    return out
+def expected_shapes(cfg: Wav2Vec2Config, *, pretraining: bool = True,
+                    masked_spec_embed: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every key of the original model for `cfg` (trunk only when pretraining=False), with shapes."""
+    return table_shapes(key_table(cfg, pretraining=pretraining, masked_spec_embed=masked_spec_embed))
 
 
 def state_dict_to_params(state: Mapping[str, Any], cfg: Wav2Vec2Config) -> tuple[Params, list[str]]:
@@ -366,55 +351,10 @@ def state_dict_to_params(state: Mapping[str, Any], cfg: Wav2Vec2Config) -> tuple
     Pretraining files convert whole; trunk-only files (fine-tuned downstream models) convert the
     `wav2vec2` subtree. Missing, mis-shaped or unknown trunk/pretraining keys raise CheckpointError.
     """
-    pretraining = any(k.startswith(PRETRAINING_PREFIXES) for k in state)
-    expected = expected_shapes(cfg, pretraining=pretraining,
-                               masked_spec_embed="wav2vec2.masked_spec_embed" in state)
-    unknown = [k for k in state if k not in expected and k.startswith(("wav2vec2.",) + PRETRAINING_PREFIXES)]
-    listed = f"unexpected keys ({len(unknown)}): " + ", ".join(unknown)
-    try:
-        unused = check_state_dict(state, expected, "SeisLM")
-    except CheckpointError as exc:
-        raise CheckpointError(f"{exc}\n{listed}" if unknown else str(exc)) from None
-    if unknown:
-        raise CheckpointError(f"SeisLM: {listed}")
-    fe = "wav2vec2.feature_extractor.conv_layers"
-    trunk: Params = {
-        "feature_extractor": {
-            f"conv_layers_{i}": {"conv": _conv(state, f"{fe}.{i}.conv"),
-                                 **({"layer_norm": norm(state, f"{fe}.{i}.layer_norm")}
-                                    if f"{fe}.{i}.layer_norm.weight" in state else {})}
-            for i in range(len(cfg.conv_dim))},
-        "feature_projection": {"layer_norm": norm(state, "wav2vec2.feature_projection.layer_norm"),
-                               "projection": linear(state, "wav2vec2.feature_projection.projection")},
-        "encoder": {
-            "pos_conv_embed": {"conv": {
-                "weight_g": float32(state[f"{POS_CONV}.parametrizations.weight.original0"]).reshape(-1),
-                "weight_v":
-                    float32(state[f"{POS_CONV}.parametrizations.weight.original1"]).transpose(2, 1, 0),
-                "bias": float32(state[f"{POS_CONV}.bias"])}},
-            "layer_norm": norm(state, "wav2vec2.encoder.layer_norm"),
-        },
-    }
-    if "wav2vec2.masked_spec_embed" in state:
-        trunk["masked_spec_embed"] = float32(state["wav2vec2.masked_spec_embed"])
-    for i in range(cfg.num_hidden_layers):
-        key = f"wav2vec2.encoder.layers.{i}"
-        trunk["encoder"][f"layers_{i}"] = {
-            "attention": _attention(state, f"{key}.attention", cfg.num_attention_heads),
-            "layer_norm": norm(state, f"{key}.layer_norm"),
-            "feed_forward": {"intermediate_dense": linear(state, f"{key}.feed_forward.intermediate_dense"),
-                             "output_dense": linear(state, f"{key}.feed_forward.output_dense")},
-            "final_layer_norm": norm(state, f"{key}.final_layer_norm"),
-        }
-    params: Params = {"wav2vec2": trunk}
-    if pretraining:
-        params.update({
-            "quantizer": {"codevectors": float32(state["quantizer.codevectors"]),
-                          "weight_proj": linear(state, "quantizer.weight_proj")},
-            "project_hid": linear(state, "project_hid"),
-            "project_q": linear(state, "project_q"),
-        })
-    return params, unused
+    table = key_table(cfg, pretraining=any(k.startswith(PRETRAINING_PREFIXES) for k in state),
+                      masked_spec_embed=MASKED_SPEC_EMBED in state)
+    variables, unused = load_table(state, table, "SeisLM", owned=("wav2vec2.", *PRETRAINING_PREFIXES))
+    return variables["params"], unused
 
 
 def load_seislm(path: str | Path, **overrides: Any) -> tuple[Wav2Vec2Config, Params]:
@@ -437,58 +377,11 @@ def seislm_from_checkpoint(checkpoint: Any, source: Any, **overrides: Any) -> tu
     return cfg, to_jax(params)
 
 
-
-# ----------------------------------------------------------------- flax -> torch
-
-
-
-
 def params_to_state_dict(params: Params, cfg: Wav2Vec2Config) -> dict[str, np.ndarray]:
     """The original model's state_dict for these params (trunk only if they hold no quantizer)."""
-    trunk = params["wav2vec2"]
-    sd: dict[str, np.ndarray] = {}
-    if "masked_spec_embed" in trunk:
-        sd["wav2vec2.masked_spec_embed"] = np.asarray(trunk["masked_spec_embed"])
-    for i in range(len(cfg.conv_dim)):
-        layer = trunk["feature_extractor"][f"conv_layers_{i}"]
-        key = f"wav2vec2.feature_extractor.conv_layers.{i}"
-        sd[f"{key}.conv.weight"] = np.asarray(layer["conv"]["kernel"]).transpose(2, 1, 0)
-        if "bias" in layer["conv"]:
-            sd[f"{key}.conv.bias"] = np.asarray(layer["conv"]["bias"])
-        if "layer_norm" in layer:
-            sd.update(norm_back(layer["layer_norm"], f"{key}.layer_norm"))
-    projection = trunk["feature_projection"]
-    sd.update(norm_back(projection["layer_norm"], "wav2vec2.feature_projection.layer_norm"))
-    sd.update(linear_back(projection["projection"], "wav2vec2.feature_projection.projection"))
-    encoder = trunk["encoder"]
-    conv = encoder["pos_conv_embed"]["conv"]
-    sd[f"{POS_CONV}.bias"] = np.asarray(conv["bias"])
-    sd[f"{POS_CONV}.parametrizations.weight.original0"] = np.asarray(conv["weight_g"]).reshape(1, 1, -1)
-    sd[f"{POS_CONV}.parametrizations.weight.original1"] = np.asarray(conv["weight_v"]).transpose(2, 1, 0)
-    sd.update(norm_back(encoder["layer_norm"], "wav2vec2.encoder.layer_norm"))
-    h = cfg.hidden_size
-    for i in range(cfg.num_hidden_layers):
-        layer, key = encoder[f"layers_{i}"], f"wav2vec2.encoder.layers.{i}"
-        attention = layer["attention"]
-        for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-            sd[f"{key}.attention.{proj}.weight"] = np.asarray(attention[name]["kernel"]).reshape(h, h).T
-            sd[f"{key}.attention.{proj}.bias"] = np.asarray(attention[name]["bias"]).reshape(h)
-        sd[f"{key}.attention.out_proj.weight"] = np.asarray(attention["out"]["kernel"]).reshape(h, h).T
-        sd[f"{key}.attention.out_proj.bias"] = np.asarray(attention["out"]["bias"])
-        sd.update(norm_back(layer["layer_norm"], f"{key}.layer_norm"))
-        for dense in ("intermediate_dense", "output_dense"):
-            sd.update(linear_back(layer["feed_forward"][dense], f"{key}.feed_forward.{dense}"))
-        sd.update(norm_back(layer["final_layer_norm"], f"{key}.final_layer_norm"))
-    pretraining = "quantizer" in params
-    if pretraining:
-        sd["quantizer.codevectors"] = np.asarray(params["quantizer"]["codevectors"])
-        sd.update(linear_back(params["quantizer"]["weight_proj"], "quantizer.weight_proj"))
-        sd.update(linear_back(params["project_hid"], "project_hid"))
-        sd.update(linear_back(params["project_q"], "project_q"))
-    expected = expected_shapes(cfg, pretraining=pretraining,
-                               masked_spec_embed="wav2vec2.masked_spec_embed" in sd)
-    check_state_dict(sd, expected, "SeisLM export")
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+    table = key_table(cfg, pretraining="quantizer" in params,
+                      masked_spec_embed="masked_spec_embed" in params.get("wav2vec2", {}))
+    return export_table({"params": params}, table, "SeisLM")
 
 
 def export_seislm(params: Params, cfg: Wav2Vec2Config, path: str | Path, *, lightning: bool = False) -> None:
@@ -526,66 +419,41 @@ DownstreamModel = SeisLMPicker | SeisLMClassifier
 TASKS: dict[str, type[nn.Module]] = {"pick": SeisLMPicker, "classify": SeisLMClassifier}
 TASK_NAMES = {"pick": "phase picker (MultiDimWav2Vec2ForFrameClassification: classifier.*, double_conv.*)",
               "classify": "event classifier (Wav2Vec2ForSequenceClassification: head.*)"}
-MASKED_SPEC_EMBED = "wav2vec2.masked_spec_embed"
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadKey:
-    """One head tensor: its torch key and shape, its place in the Flax variables, the layout change.
-
-    kind: "linear" (weight [out, in] <-> kernel [in, out]), "conv" ([O, I, k] <-> [k, I, O]),
-    "copy", or "counter" (BatchNorm's num_batches_tracked: checked when present, not loaded,
-    written as 0; momentum 0.1 never reads it).
-    """
-
-    torch_key: str
-    shape: tuple[int, ...]
-    kind: str
-    collection: str = "params"
-    path: tuple[str, ...] = ()
+def _double_conv(torch_prefix: str, flax_path: tuple[str, ...], c_in: int, c_out: int) -> KeyTable:
+    """The heads' DoubleConv: Conv1d (no bias), BatchNorm, ReLU, Dropout, Conv1d, BatchNorm."""
+    table, key = [], f"{torch_prefix}.double_conv"
+    for conv, bn, width in ((0, 1, c_in), (4, 5, c_out)):
+        table += [KeyEntry(f"{key}.{conv}", (*flax_path, f"double_conv_{conv}"), "conv1d", (c_out, width, 3),
+                           bias=False),
+                  KeyEntry(f"{key}.{bn}", (*flax_path, f"double_conv_{bn}"), "bn", (c_out,))]
+    return table
 
 
-def _double_conv_keys(torch_prefix: str, flax_path: tuple[str, ...], c_in: int, c_out: int) -> list[HeadKey]:
-    keys = []
-    for conv, bn_index, width in ((0, 1, c_in), (4, 5, c_out)):
-        keys.append(HeadKey(f"{torch_prefix}.double_conv.{conv}.weight", (c_out, width, 3), "conv",
-                            path=(*flax_path, f"double_conv_{conv}", "kernel")))
-        bn, bn_path = f"{torch_prefix}.double_conv.{bn_index}", (*flax_path, f"double_conv_{bn_index}")
-        keys += [HeadKey(f"{bn}.weight", (c_out,), "copy", path=(*bn_path, "scale")),
-                 HeadKey(f"{bn}.bias", (c_out,), "copy", path=(*bn_path, "bias")),
-                 HeadKey(f"{bn}.running_mean", (c_out,), "copy", "batch_stats", (*bn_path, "mean")),
-                 HeadKey(f"{bn}.running_var", (c_out,), "copy", "batch_stats", (*bn_path, "var")),
-                 HeadKey(f"{bn}.num_batches_tracked", (), "counter")]
-    return keys
-
-
-def _linear_keys(torch_prefix: str, name: str, c_in: int, c_out: int) -> list[HeadKey]:
-    return [HeadKey(f"{torch_prefix}.weight", (c_out, c_in), "linear", path=(name, "kernel")),
-            HeadKey(f"{torch_prefix}.bias", (c_out,), "copy", path=(name, "bias"))]
-
-
-def head_key_table(model: DownstreamModel) -> list[HeadKey]:
-    """Every non-trunk tensor of the original downstream model for `model` (the one key table that
-    drives loading, export and the shape check)."""
+def head_key_table(model: DownstreamModel) -> KeyTable:
+    """Every non-trunk module of the original downstream model for `model`."""
     cfg = model.cfg
     h = cfg.hidden_size
-    keys: list[HeadKey] = []
+    table: KeyTable = []
     if model.use_weighted_layer_sum:
         count = cfg.num_hidden_layers + 1
-        keys.append(HeadKey("layer_weights", (count,), "copy", path=("layer_weights",)))
-        for i in range(count):
-            keys += [HeadKey(f"lns.{i}.weight", (h,), "copy", path=(f"lns_{i}", "scale")),
-                     HeadKey(f"lns.{i}.bias", (h,), "copy", path=(f"lns_{i}", "bias"))]
+        table.append(KeyEntry("layer_weights", ("layer_weights",), "raw", (count,)))
+        table += [KeyEntry(f"lns.{i}", (f"lns_{i}",), "norm", (h,)) for i in range(count)]
     if isinstance(model, SeisLMPicker):
         width = h + cfg.input_channels
-        keys += _double_conv_keys("double_conv", ("double_conv",), width, width)
-        keys += _linear_keys("classifier", "classifier", width, model.num_labels)
-    else:
-        proj = model.classifier_proj_size
-        keys += _double_conv_keys("head.1", ("head_1",), h, h)
-        keys += _double_conv_keys("head.2", ("head_2",), h, proj)
-        keys += _linear_keys("head.4", "head_4", proj, model.num_classes)
-    return keys
+        return [*table, *_double_conv("double_conv", ("double_conv",), width, width),
+                KeyEntry("classifier", ("classifier",), "linear", (model.num_labels, width))]
+    proj = model.classifier_proj_size
+    return [*table, *_double_conv("head.1", ("head_1",), h, h), *_double_conv("head.2", ("head_2",), h, proj),
+            KeyEntry("head.4", ("head_4",), "linear", (model.num_classes, proj))]
+
+
+def finetuned_key_table(model: DownstreamModel, masked_spec_embed: bool) -> KeyTable:
+    """The whole downstream model: the trunk, then the head (the one table that drives loading,
+    export and the shape check)."""
+    trunk = key_table(model.cfg, pretraining=False, masked_spec_embed=masked_spec_embed)
+    return trunk + head_key_table(model)
 
 
 def detect_task(state: Mapping[str, Any]) -> str:
@@ -627,54 +495,6 @@ def _build_model(task: str, cfg: Wav2Vec2Config, state: Mapping[str, Any],
         raise CheckpointError(f"inconsistent {task} head {sizes}: {exc}") from exc
 
 
-def _check_finetuned_state(state: Mapping[str, Any], model: DownstreamModel) -> None:
-    """CheckpointError listing every missing, unexpected and mis-shaped key of the whole model."""
-    expected = expected_shapes(model.cfg, pretraining=False, masked_spec_embed=MASKED_SPEC_EMBED in state)
-    table = head_key_table(model)
-    expected.update({k.torch_key: k.shape for k in table if k.kind != "counter"})
-    optional = {k.torch_key: k.shape for k in table if k.kind == "counter"}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and k not in optional]
-    wrong = [f"{k}: file {tuple(np.shape(v))}, expected {shape}" for k, v in state.items()
-             for shape in [expected.get(k, optional.get(k))] if shape is not None and np.shape(v) != shape]
-    wrong += [f"{k}: dtype {np.asarray(state[k]).dtype}, expected an integer counter" for k in optional
-              if k in state and not np.issubdtype(np.asarray(state[k]).dtype, np.integer)]
-    if missing or unexpected or wrong:
-        lines = [f"SeisLM {model.__class__.__name__}: the checkpoint does not match the model its keys "
-                 "and config describe."]
-        for label, items, sep in (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
-                                  ("wrong shapes or types", wrong, "; ")):
-            if items:
-                lines.append(f"{label} ({len(items)}): " + sep.join(items))
-        raise CheckpointError("\n".join(lines))
-
-
-def _to_flax(value: Any, kind: str) -> np.ndarray:
-    array = float32(value)
-    return array.T if kind == "linear" else array.transpose(2, 1, 0) if kind == "conv" else array
-
-
-def _to_torch(value: Any, kind: str) -> np.ndarray:
-    array = np.asarray(value, np.float32)
-    return array.T if kind == "linear" else array.transpose(2, 1, 0) if kind == "conv" else array
-
-
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _state_to_variables(state: Mapping[str, Any], model: DownstreamModel) -> dict[str, Params]:
-    trunk_state = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
-    trunk, _ = state_dict_to_params(trunk_state, model.cfg)
-    variables: dict[str, Params] = {"params": trunk, "batch_stats": {}}
-    for key in head_key_table(model):
-        if key.kind != "counter":
-            _set(variables[key.collection], key.path, _to_flax(state[key.torch_key], key.kind))
-    return variables
-
-
 def load_seislm_finetuned(path: str | Path, task: str | None = None,
                           **overrides: Any) -> tuple[DownstreamModel, dict[str, Params]]:
     """Read a fine-tuned SeisLM Lightning `.ckpt` (phase picker or event classifier) safely, without torch.
@@ -708,18 +528,9 @@ def seislm_finetuned_from_checkpoint(checkpoint: Any, source: Any, task: str | N
     cfg = infer_config({k: v for k, v in state.items() if k.startswith("wav2vec2.")},
                        config_hints(checkpoint), **overrides)
     model = _build_model(found, cfg, state, fields)
-    _check_finetuned_state(state, model)
-    return model, to_jax(_state_to_variables(state, model))
-
-
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat: dict[tuple[str, ...], Any] = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, (*prefix, name)))
-        else:
-            flat[(*prefix, name)] = value
-    return flat
+    table = finetuned_key_table(model, masked_spec_embed=MASKED_SPEC_EMBED in state)
+    variables, _ = load_table(state, table, f"SeisLM {model.__class__.__name__}")
+    return model, to_jax(variables)
 
 
 def finetuned_state_dict(model: DownstreamModel, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -729,30 +540,8 @@ def finetuned_state_dict(model: DownstreamModel, variables: Mapping[str, Any]) -
     not have, or hold one of the wrong shape.
     """
     variables = nn.unbox(dict(variables))
-    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
-    if "wav2vec2" not in params:
-        raise CheckpointError("variables['params'] has no 'wav2vec2' trunk")
-    sd = params_to_state_dict({"wav2vec2": params["wav2vec2"]}, model.cfg)
-    flat = {"params": _flatten(params), "batch_stats": _flatten(stats)}
-    missing = []
-    for key in head_key_table(model):
-        if key.kind == "counter":
-            sd[key.torch_key] = np.zeros((), np.int64)
-        elif key.path not in flat[key.collection]:
-            missing.append(f"{key.collection}/{'/'.join(key.path)}")
-        else:
-            sd[key.torch_key] = np.ascontiguousarray(_to_torch(flat[key.collection][key.path], key.kind))
-    if missing:
-        raise CheckpointError(f"variables lack {len(missing)} tensors of the {model.__class__.__name__}: "
-                              + ", ".join(missing))
-    _check_finetuned_state(sd, model)
-    # Everything the variables hold must have gone into the file: compare with its inverse.
-    back = {c: _flatten(tree) for c, tree in _state_to_variables(sd, model).items()}
-    extra = [f"{c}/{'/'.join(p)}" for c in flat for p in flat[c] if p not in back[c]]
-    if extra:
-        raise CheckpointError(f"variables hold tensors the original {model.__class__.__name__} does not "
-                              "have: " + ", ".join(extra))
-    return sd
+    table = finetuned_key_table(model, "masked_spec_embed" in variables.get("params", {}).get("wav2vec2", {}))
+    return export_table(variables, table, f"SeisLM {model.__class__.__name__}")
 
 
 def export_seislm_finetuned(model: DownstreamModel, variables: Mapping[str, Any], path: str | Path) -> None:

@@ -3,9 +3,10 @@ fine-tuned downstream models (`seisfuse.models.sfm_heads`).
 
 The config is inferred from tensor shapes (width, depth, patch, channels, image size from pos_embed,
 decoder present or not); the head count is not visible in shapes, so it comes from the preset table
-(or an explicit override). `load_sfm` reads the encoder of any SFM file and reports the head keys
-it ignores; `load_sfm_finetuned` reads a whole fine-tuned model, driven by one key table
-(`head_table`) for the head weights.
+(or an explicit override). One key table per model (`key_table` for the MAE, `head_table` added
+for a fine-tuned head; see `seisfuse.convert.common`) drives loading, export and the shape check.
+`load_sfm` reads the encoder of any SFM file and reports the head keys it ignores;
+`load_sfm_finetuned` reads a whole fine-tuned model.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from seisfuse.convert.common import (
-    check_state_dict,
+    KeyEntry,
+    KeyTable,
+    export_table,
     find_state_dict,
     float32,
-    linear,
-    linear_back,
-    norm,
-    norm_back,
+    load_table,
+    nested,
     report_unused,
+    table_shapes,
     to_jax,
 )
 from seisfuse.convert.torch_format import (
@@ -90,75 +91,51 @@ def infer_config(state: dict[str, Any], num_heads: int | None = None,
     return MAEConfig(**values)
 
 
-def expected_shapes(cfg: MAEConfig) -> dict[str, tuple[int, ...]]:
-    """Every state-dict key the original model has for this config, with its shape."""
+def _blocks(prefix: str, depth: int, width: int, heads: int, mlp_ratio: float) -> KeyTable:
+    """timm Blocks `{prefix}.{i}` <-> Flax `{prefix}_{i}`."""
+    hidden = int(width * mlp_ratio)
+    table: KeyTable = []
+    for i in range(depth):
+        b, path = f"{prefix}.{i}", (f"{prefix}_{i}",)
+        table += [KeyEntry(f"{b}.norm1", (*path, "norm1"), "norm", (width,)),
+                  KeyEntry(f"{b}.attn.qkv", (*path, "attn"), "qkv", (3 * width, width), heads=heads),
+                  KeyEntry(f"{b}.attn.proj", (*path, "attn", "out"), "attn_out", (width, width), heads=heads),
+                  KeyEntry(f"{b}.norm2", (*path, "norm2"), "norm", (width,)),
+                  KeyEntry(f"{b}.mlp.fc1", (*path, "mlp", "fc1"), "linear", (hidden, width)),
+                  KeyEntry(f"{b}.mlp.fc2", (*path, "mlp", "fc2"), "linear", (width, hidden))]
+    return table
+
+
+def key_table(cfg: MAEConfig) -> KeyTable:
+    """The MaskedAutoencoderViT's modules for `cfg`, in its state_dict's order (its own tensors
+    first, then the submodules)."""
     d, p, tokens = cfg.embed_dim, cfg.patch_size, cfg.num_patches + 1
-    shapes: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, d), "pos_embed": (1, tokens, d),
-        "patch_embed.proj.weight": (d, cfg.in_chans, p, p), "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,), "norm.bias": (d,),
-    }
-    blocks = [("blocks", cfg.depth, d, cfg.mlp_ratio)]
+    table = [KeyEntry("cls_token", ("cls_token",), "raw", (1, 1, d)),
+             KeyEntry("pos_embed", ("pos_embed",), "raw", (1, tokens, d))]
     if cfg.decoder:
         dd = cfg.decoder_embed_dim
-        shapes.update({"decoder_embed.weight": (dd, d), "decoder_embed.bias": (dd,),
-                       "mask_token": (1, 1, dd), "decoder_pos_embed": (1, tokens, dd),
-                       "decoder_norm.weight": (dd,), "decoder_norm.bias": (dd,),
-                       "decoder_pred.weight": (cfg.patch_dim, dd), "decoder_pred.bias": (cfg.patch_dim,)})
-        blocks.append(("decoder_blocks", cfg.decoder_depth, dd, cfg.mlp_ratio))
-    for prefix, depth, width, ratio in blocks:
-        hidden = int(width * ratio)
-        for i in range(depth):
-            b = f"{prefix}.{i}"
-            shapes.update({
-                f"{b}.norm1.weight": (width,), f"{b}.norm1.bias": (width,),
-                f"{b}.attn.qkv.weight": (3 * width, width), f"{b}.attn.qkv.bias": (3 * width,),
-                f"{b}.attn.proj.weight": (width, width), f"{b}.attn.proj.bias": (width,),
-                f"{b}.norm2.weight": (width,), f"{b}.norm2.bias": (width,),
-                f"{b}.mlp.fc1.weight": (hidden, width), f"{b}.mlp.fc1.bias": (hidden,),
-                f"{b}.mlp.fc2.weight": (width, hidden), f"{b}.mlp.fc2.bias": (width,),
-            })
-    return shapes
+        table += [KeyEntry("mask_token", ("mask_token",), "raw", (1, 1, dd)),
+                  KeyEntry("decoder_pos_embed", ("decoder_pos_embed",), "raw", (1, tokens, dd))]
+    table += [KeyEntry("patch_embed.proj", ("patch_embed",), "conv2d", (d, cfg.in_chans, p, p)),
+              *_blocks("blocks", cfg.depth, d, cfg.num_heads, cfg.mlp_ratio),
+              KeyEntry("norm", ("norm",), "norm", (d,))]
+    if cfg.decoder:
+        table += [KeyEntry("decoder_embed", ("decoder_embed",), "linear", (dd, d)),
+                  *_blocks("decoder_blocks", cfg.decoder_depth, dd, cfg.decoder_num_heads, cfg.mlp_ratio),
+                  KeyEntry("decoder_norm", ("decoder_norm",), "norm", (dd,)),
+                  KeyEntry("decoder_pred", ("decoder_pred",), "linear", (cfg.patch_dim, dd))]
+    return table
 
 
-# ----------------------------------------------------------------- torch -> flax
-
-
-def _block(state: dict[str, Any], key: str, heads: int) -> Params:
-    qkv_w, qkv_b = float32(state[f"{key}.attn.qkv.weight"]), float32(state[f"{key}.attn.qkv.bias"])
-    width = qkv_w.shape[1]
-    attn = {
-        name: {"kernel": w.T.reshape(width, heads, width // heads), "bias": b.reshape(heads, -1)}
-        for name, w, b in zip(("query", "key", "value"), np.split(qkv_w, 3), np.split(qkv_b, 3),
-                              strict=True)
-    }
-    proj = linear(state, f"{key}.attn.proj")
-    attn["out"] = {"kernel": proj["kernel"].reshape(heads, width // heads, width), "bias": proj["bias"]}
-    return {"norm1": norm(state, f"{key}.norm1"), "attn": attn, "norm2": norm(state, f"{key}.norm2"),
-            "mlp": {"fc1": linear(state, f"{key}.mlp.fc1"), "fc2": linear(state, f"{key}.mlp.fc2")}}
+def expected_shapes(cfg: MAEConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key the original model has for this config, with its shape."""
+    return table_shapes(key_table(cfg))
 
 
 def state_dict_to_params(state: dict[str, Any], cfg: MAEConfig) -> tuple[Params, list[str]]:
     """Convert an SFM state_dict for `cfg`; returns (params, unused keys). Shapes are checked first."""
-    unused = check_state_dict(state, expected_shapes(cfg), "SFM")
-    params: Params = {
-        "cls_token": float32(state["cls_token"]),
-        "pos_embed": float32(state["pos_embed"]),
-        "patch_embed": {"kernel": float32(state["patch_embed.proj.weight"]).transpose(2, 3, 1, 0),
-                        "bias": float32(state["patch_embed.proj.bias"])},
-        "norm": norm(state, "norm"),
-    }
-    for i in range(cfg.depth):
-        params[f"blocks_{i}"] = _block(state, f"blocks.{i}", cfg.num_heads)
-    if cfg.decoder:
-        params.update({"decoder_embed": linear(state, "decoder_embed"),
-                       "mask_token": float32(state["mask_token"]),
-                       "decoder_pos_embed": float32(state["decoder_pos_embed"]),
-                       "decoder_norm": norm(state, "decoder_norm"),
-                       "decoder_pred": linear(state, "decoder_pred")})
-        for j in range(cfg.decoder_depth):
-            params[f"decoder_blocks_{j}"] = _block(state, f"decoder_blocks.{j}", cfg.decoder_num_heads)
-    return params, unused
+    variables, unused = load_table(state, key_table(cfg), "SFM", owned=())
+    return variables["params"], unused
 
 
 def load_sfm(path: str | Path, *, num_heads: int | None = None,
@@ -182,43 +159,9 @@ def sfm_from_checkpoint(checkpoint: Any, source: Any, *, num_heads: int | None =
     return cfg, to_jax(params)
 
 
-# ----------------------------------------------------------------- flax -> torch
-
-
-def _block_back(p: Params, key: str) -> dict[str, np.ndarray]:
-    attn = p["attn"]
-    width = np.shape(attn["query"]["kernel"])[0]
-    qkv_w = np.concatenate([np.asarray(attn[n]["kernel"]).reshape(width, width).T
-                            for n in ("query", "key", "value")])
-    qkv_b = np.concatenate([np.asarray(attn[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
-    out = {"kernel": np.asarray(attn["out"]["kernel"]).reshape(width, width), "bias": attn["out"]["bias"]}
-    return {**norm_back(p["norm1"], f"{key}.norm1"),
-            f"{key}.attn.qkv.weight": qkv_w, f"{key}.attn.qkv.bias": qkv_b,
-            **linear_back(out, f"{key}.attn.proj"), **norm_back(p["norm2"], f"{key}.norm2"),
-            **linear_back(p["mlp"]["fc1"], f"{key}.mlp.fc1"),
-            **linear_back(p["mlp"]["fc2"], f"{key}.mlp.fc2")}
-
-
 def params_to_state_dict(params: Params, cfg: MAEConfig) -> dict[str, np.ndarray]:
     """The original MaskedAutoencoderViT state_dict (same key order) for these params."""
-    sd: dict[str, np.ndarray] = {
-        "cls_token": np.asarray(params["cls_token"]), "pos_embed": np.asarray(params["pos_embed"]),
-        "patch_embed.proj.weight": np.asarray(params["patch_embed"]["kernel"]).transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": np.asarray(params["patch_embed"]["bias"]),
-    }
-    for i in range(cfg.depth):
-        sd.update(_block_back(params[f"blocks_{i}"], f"blocks.{i}"))
-    sd.update(norm_back(params["norm"], "norm"))
-    if cfg.decoder:
-        sd.update(linear_back(params["decoder_embed"], "decoder_embed"))
-        sd["mask_token"] = np.asarray(params["mask_token"])
-        sd["decoder_pos_embed"] = np.asarray(params["decoder_pos_embed"])
-        for j in range(cfg.decoder_depth):
-            sd.update(_block_back(params[f"decoder_blocks_{j}"], f"decoder_blocks.{j}"))
-        sd.update(norm_back(params["decoder_norm"], "decoder_norm"))
-        sd.update(linear_back(params["decoder_pred"], "decoder_pred"))
-    check_state_dict(sd, expected_shapes(cfg), "SFM export")
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+    return export_table({"params": params}, key_table(cfg), "SFM")
 
 
 def export_sfm(params: Params, cfg: MAEConfig, path: str | Path) -> None:
@@ -241,48 +184,26 @@ FACTORIES: dict[str, tuple[int, int, int, int]] = {
 SEGMENT_KEY, REGRESS_KEY = "decoder.cls.weight", "decoder.conv_more.0.weight"
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadEntry:
-    """One torch module of a head: its key prefix, the Flax path of its params, kind and weight shape.
-
-    kind "conv": Conv2d weight [O, I, kh, kw] <-> kernel [kh, kw, I, O] (+ bias); "linear": weight
-    [out, in] <-> kernel [in, out] + bias; "bn": BatchNorm2d weight/bias <-> params scale/bias and
-    running_mean/var <-> batch_stats mean/var (num_batches_tracked dropped, written back as 0).
-    """
-
-    torch: str
-    path: tuple[str, ...]
-    kind: str
-    shape: tuple[int, ...]
-    bias: bool = True
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        if self.kind == "bn":
-            names = ("weight", "bias", "running_mean", "running_var")
-            return {f"{self.torch}.{n}": self.shape for n in names}
-        bias = {f"{self.torch}.bias": self.shape[:1]} if self.bias else {}
-        return {f"{self.torch}.weight": self.shape, **bias}
+def _conv_bn(torch_conv: str, torch_bn: str, path: tuple[str, ...], out: int, inp: int) -> KeyTable:
+    return [KeyEntry(torch_conv, (*path, "conv"), "conv2d", (out, inp, 3, 3), bias=False),
+            KeyEntry(torch_bn, (*path, "bn"), "bn", (out,))]
 
 
-def _conv_bn(torch_conv: str, torch_bn: str, path: tuple[str, ...], out: int, inp: int) -> list[HeadEntry]:
-    return [HeadEntry(torch_conv, (*path, "conv"), "conv", (out, inp, 3, 3), bias=False),
-            HeadEntry(torch_bn, (*path, "bn"), "bn", (out,))]
-
-
-def head_table(model: FineTuned) -> list[HeadEntry]:
+def head_table(model: FineTuned) -> KeyTable:
     """Every head module of `model` with its torch key, in the original state_dict's order."""
     d = model.cfg.embed_dim
     if isinstance(model, SFMSegmenter):
         hc, classes = model.head_channels, model.num_classes
-        table = [HeadEntry("head", ("head",), "linear", (classes, d))]
+        table = [KeyEntry("head", ("head",), "linear", (classes, d))]
         for k in range(2, 6):
             prefix = f"decoder.mlahead.head{k}"
             table += _conv_bn(f"{prefix}.0", f"{prefix}.1", ("decoder", f"head{k}_0"), hc, d)
             table += _conv_bn(f"{prefix}.3", f"{prefix}.4", ("decoder", f"head{k}_1"), hc, hc)
-        return table + [HeadEntry("decoder.cls", ("decoder", "cls"), "conv", (classes, 4 * hc, 3, 3)),
-                        HeadEntry("segmentation_head.0", ("segmentation_head",), "conv", (classes, 16, 3, 3))]
+        return table + [KeyEntry("decoder.cls", ("decoder", "cls"), "conv2d", (classes, 4 * hc, 3, 3)),
+                        KeyEntry("segmentation_head.0", ("segmentation_head",), "conv2d",
+                                 (classes, 16, 3, 3))]
     out, channels, skip = model.out_channels, tuple(model.decoder_channels), model.skip_channels
-    table = [HeadEntry("head", ("head",), "linear", (out, d)),
+    table = [KeyEntry("head", ("head",), "linear", (out, d)),
              *_conv_bn("decoder.conv_more.0", "decoder.conv_more.1", ("decoder", "conv_more"),
                        skip, model.cfg.in_chans)]
     inputs = (d, *channels[:-1])
@@ -291,62 +212,18 @@ def head_table(model: FineTuned) -> list[HeadEntry]:
         for j, width in ((1, inp), (2, features)):
             prefix, path = f"decoder.blocks.{i}.conv{j}", ("decoder", f"blocks_{i}_conv{j}")
             table += _conv_bn(f"{prefix}.0", f"{prefix}.1", path, features, width)
-    return table + [HeadEntry("segmentation_head.0", ("segmentation_head",), "conv",
-                              (out, channels[-1], 1, 1))]
+    return table + [KeyEntry("segmentation_head.0", ("segmentation_head",), "conv2d",
+                             (out, channels[-1], 1, 1))]
+
+
+def finetuned_key_table(model: FineTuned) -> KeyTable:
+    """The whole fine-tuned model: its encoder (Flax `encoder`), then the head."""
+    return nested(key_table(dataclasses.replace(model.cfg, decoder=False)), ("encoder",)) + head_table(model)
 
 
 def finetuned_expected_shapes(model: FineTuned) -> dict[str, tuple[int, ...]]:
     """Every key of the original fine-tuned model's state_dict (bar num_batches_tracked), with shapes."""
-    shapes = expected_shapes(_encoder_cfg(model))
-    for entry in head_table(model):
-        shapes.update(entry.shapes())
-    return shapes
-
-
-def _encoder_cfg(model: FineTuned) -> MAEConfig:
-    return dataclasses.replace(model.cfg, decoder=False)
-
-
-def _set(tree: Params, path: tuple[str, ...], value: Any) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
-def _head_to_flax(state: dict[str, Any], entry: HeadEntry, params: Params, stats: Params) -> None:
-    key = entry.torch
-    if entry.kind == "bn":
-        _set(params, entry.path, norm(state, key))
-        _set(stats, entry.path, {"mean": float32(state[f"{key}.running_mean"]),
-                                 "var": float32(state[f"{key}.running_var"])})
-    elif entry.kind == "linear":
-        _set(params, entry.path, linear(state, key))
-    else:
-        conv = {"kernel": float32(state[f"{key}.weight"]).transpose(2, 3, 1, 0)}
-        if entry.bias:
-            conv["bias"] = float32(state[f"{key}.bias"])
-        _set(params, entry.path, conv)
-
-
-def _head_to_torch(entry: HeadEntry, params: Params, stats: Params) -> dict[str, np.ndarray]:
-    key, p = entry.torch, _get(params, entry.path)
-    if entry.kind == "bn":
-        s = _get(stats, entry.path)
-        return {**norm_back(p, key), f"{key}.running_mean": np.asarray(s["mean"]),
-                f"{key}.running_var": np.asarray(s["var"]),
-                f"{key}.num_batches_tracked": np.array(0, np.int64)}
-    if entry.kind == "linear":
-        return linear_back(p, key)
-    out = {f"{key}.weight": np.asarray(p["kernel"]).transpose(3, 2, 0, 1)}
-    if entry.bias:
-        out[f"{key}.bias"] = np.asarray(p["bias"])
-    return out
+    return table_shapes(finetuned_key_table(model))
 
 
 def _training_args(checkpoint: Any) -> dict[str, Any]:
@@ -450,19 +327,8 @@ def sfm_finetuned_from_checkpoint(checkpoint: Any, *, num_heads: int | None = No
     cfg = infer_config(state, _resolve_heads(checkpoint, state, num_heads))
     cfg = dataclasses.replace(cfg, learned_pos_embed=True)  # timm's pos_embed is a trained parameter
     model = _build_model(state, cfg, _drop_path(checkpoint))
-    unused = check_state_dict(state, finetuned_expected_shapes(model), "SFM fine-tuned")
-    bn_prefixes = {e.torch for e in head_table(model) if e.kind == "bn"}
-    unexpected = [k for k in unused if not (k.endswith(".num_batches_tracked")
-                                            and k[: -len(".num_batches_tracked")] in bn_prefixes)]
-    if unexpected:
-        raise CheckpointError(f"SFM fine-tuned: the checkpoint has {len(unexpected)} keys the "
-                              f"{type(model).__name__} does not: " + ", ".join(unexpected))
-    encoder_state = {k: state[k] for k in expected_shapes(cfg)}
-    params: Params = {"encoder": state_dict_to_params(encoder_state, cfg)[0]}
-    stats: Params = {}
-    for entry in head_table(model):
-        _head_to_flax(state, entry, params, stats)
-    return model, {"params": to_jax(params), "batch_stats": to_jax(stats)}
+    variables, _ = load_table(state, finetuned_key_table(model), "SFM fine-tuned")
+    return model, to_jax(variables)
 
 
 def finetuned_state_dict(model: FineTuned, variables: Params) -> dict[str, np.ndarray]:
@@ -471,13 +337,7 @@ def finetuned_state_dict(model: FineTuned, variables: Params) -> dict[str, np.nd
     if "params" not in variables or "batch_stats" not in variables:
         raise ValueError(f"export needs variables with 'params' and 'batch_stats' (the BatchNorm running "
                          f"statistics), got {sorted(variables)}")
-    params, stats = variables["params"], variables["batch_stats"]
-    sd = params_to_state_dict(jax.tree.map(np.asarray, params["encoder"]), _encoder_cfg(model))
-    for entry in head_table(model):
-        sd.update(_head_to_torch(entry, params, stats))
-    check_state_dict(sd, finetuned_expected_shapes(model), "SFM fine-tuned export")
-    return {k: np.ascontiguousarray(v, dtype=np.int64 if k.endswith("num_batches_tracked") else np.float32)
-            for k, v in sd.items()}
+    return export_table(variables, finetuned_key_table(model), f"SFM {type(model).__name__}")
 
 
 def export_sfm_finetuned(model: FineTuned, variables: Params, path: str | Path) -> None:
