@@ -16,18 +16,12 @@ from flax.traverse_util import flatten_dict
 from seisfuse.convert import save_converted
 from seisfuse.data.pipeline import SyntheticSource, make_dataset
 from seisfuse.data.spectrogram import mel_image
-from seisfuse.models.joint import (
-    JointConfig,
-    JointEmbedding,
-    TowerConfig,
-    param_labels,
-    parse_trainable,
-    pooled_width,
-)
+from seisfuse.models.joint import JointConfig, JointEmbedding, TowerConfig, pooled_width
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from seisfuse.train.config import load_config
 from seisfuse.train.loop import RandomBatches, Trainer, make_data
+from seisfuse.train.optim import joint_param_labels, parse_trainable
 from seisfuse.train.tasks import AlignTask, make_task
 
 SMALL_SFM = {"img_size": 32, "patch_size": 8}
@@ -171,7 +165,7 @@ def test_config_round_trips_through_a_dict():
 
 
 def labels_of(params, trainable) -> dict[str, str]:
-    return flatten_dict(param_labels(small_cfg(), params, trainable), sep="/")
+    return flatten_dict(joint_param_labels(small_cfg(), params, trainable), sep="/")
 
 
 def test_freezing_policies_label_the_right_parameters(model_and_params):
@@ -208,7 +202,7 @@ def test_freezing_policy_errors():
     with pytest.raises(ValueError, match="asks for 5 blocks"):
         parse_trainable("last:5", 4)
     with pytest.raises(ValueError, match="unknown modalities"):
-        param_labels(small_cfg(), {}, {"text": "none"})
+        joint_param_labels(small_cfg(), {}, {"text": "none"})
 
 
 def tiny_align_config(**model_changes):

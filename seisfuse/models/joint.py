@@ -5,12 +5,13 @@ on seismic images; "seislm": SeisLM's wav2vec 2.0 encoder on 3-C waveforms; "mel
 SFM encoder on the waveform's Mel-spectrogram image, the spectrogram-as-image approach). Each
 tower pools its tokens (cls, mean or flatten), a per-modality head projects to `embed_dim`, and the result
 is L2-normalised. The model returns {modality: embeddings [B, embed_dim]} for the modalities it
-is given, so a third modality (tabular metadata, text) is one more entry in `TOWER_KINDS` and in
-the config: the losses take pairs of embeddings and the loop never sees modalities.
+is given, so a third modality (tabular metadata, text) is one more `TowerKind` in `TOWER_KINDS` and
+in the config: the losses take pairs of embeddings and the loop never sees modalities.
 
 The learnable temperature and bias of the contrastive losses are parameters here
 (`logit_scale`, `logit_bias`), as in big_vision's two-tower models, so one params tree holds
-everything a checkpoint needs. Freezing policies become optimizer labels (`param_labels`).
+everything a checkpoint needs. Freezing policies become optimizer labels
+(`seisfuse.train.optim.joint_param_labels`); released weights load through `seisfuse.convert.towers`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.traverse_util import path_aware_map
 
 from seisfuse.data.spectrogram import SFM_MEL, mel_image
 from seisfuse.models.layers import gelu_exact, logical
@@ -46,11 +46,16 @@ class TowerConfig:
     pooling: str = "mean"
 
     def __post_init__(self) -> None:
-        if self.kind not in TOWER_KINDS:
-            raise ValueError(f"unknown tower kind {self.kind!r}; choose from {sorted(TOWER_KINDS)}")
+        kind = tower_kind(self.kind)
+        if not isinstance(self.backbone, kind.config_type):
+            raise ValueError(f"tower {self.modality!r} ({self.kind}) needs a {kind.config_type.__name__} "
+                             f"backbone, got {type(self.backbone).__name__}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        TOWER_KINDS[self.kind].check(self)
+        if self.pooling not in kind.poolings:
+            raise ValueError(f"tower {self.modality!r} ({self.kind}): pooling {self.pooling!r} "
+                             f"{kind.pooling_note}: use {' or '.join(map(repr, kind.poolings))}")
+        kind.check(self.backbone)
 
     @property
     def input_key(self) -> str:
@@ -61,10 +66,9 @@ class TowerConfig:
     def from_preset(cls, modality: str, kind: str, preset: str, pooling: str = "mean",
                     **overrides: Any) -> TowerConfig:
         """A scratch tower from a named backbone preset (decoder-free for SFM)."""
-        tower = TOWER_KINDS.get(kind)
-        if tower is None:
-            raise ValueError(f"unknown tower kind {kind!r}; choose from {sorted(TOWER_KINDS)}")
-        return cls(modality, kind, tower.backbone_preset(preset, **overrides), pooling)
+        tower = tower_kind(kind)
+        return cls(modality, kind, tower.config_type.preset(preset, **{**tower.encoder_only, **overrides}),
+                   pooling)
 
     def to_dict(self) -> dict[str, Any]:
         return {"modality": self.modality, "kind": self.kind, "pooling": self.pooling,
@@ -72,11 +76,8 @@ class TowerConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TowerConfig:
-        kind = values["kind"]
-        if kind not in TOWER_KINDS:
-            raise ValueError(f"unknown tower kind {kind!r}; choose from {sorted(TOWER_KINDS)}")
-        backbone = TOWER_KINDS[kind].backbone_type.from_dict(dict(values["backbone"]))
-        return cls(values["modality"], kind, backbone, values.get("pooling", "mean"))
+        backbone = tower_kind(values["kind"]).config_type.from_dict(dict(values["backbone"]))
+        return cls(values["modality"], values["kind"], backbone, values.get("pooling", "mean"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,46 +138,6 @@ class SFMTower(nn.Module):
     """SFM's ViT encoder on images [B, H, W, C]: cls token, mean or flatten of the patch tokens."""
 
     cfg: TowerConfig
-    input_key: ClassVar[str] = "image"
-    converted_kind: ClassVar[str] = "sfm"
-    backbone_type: ClassVar[type] = MAEConfig
-
-    @staticmethod
-    def backbone_preset(preset: str, **overrides: Any) -> MAEConfig:
-        return MAEConfig.preset(preset, **{"decoder": False, **overrides})
-
-    @staticmethod
-    def check(cfg: TowerConfig) -> None:
-        if not isinstance(cfg.backbone, MAEConfig):
-            raise ValueError(f"tower {cfg.modality!r} ({cfg.kind}) needs an MAEConfig backbone")
-
-    @staticmethod
-    def block(path: tuple[str, ...]) -> int | None:
-        """Transformer block index of a parameter path inside the encoder (None outside blocks)."""
-        match = re.fullmatch(r"blocks_(\d+)", path[0])
-        return int(match.group(1)) if match else None
-
-    @staticmethod
-    def is_final_norm(path: tuple[str, ...], backbone: Backbone) -> bool:
-        return path[0] == "norm"
-
-    @staticmethod
-    def depth(backbone: Backbone) -> int:
-        return backbone.depth
-
-    @staticmethod
-    def width(backbone: Backbone) -> int:
-        return backbone.embed_dim
-
-    @staticmethod
-    def input_shape(backbone: Backbone, num_samples: int) -> tuple[int, ...]:
-        """One example's input shape (num_samples: waveform length, for waveform-fed towers)."""
-        return (backbone.img_size, backbone.img_size, backbone.in_chans)
-
-    @staticmethod
-    def tokens(backbone: Backbone, num_samples: int) -> int:
-        """Tokens that 'flatten' pooling concatenates: the image's patches."""
-        return backbone.num_patches
 
     def encode_images(self, images: jax.Array) -> jax.Array:
         latent, _, _ = MaskedAutoencoder(self.cfg.backbone, name="encoder").encode(images)
@@ -210,23 +171,6 @@ def station_tokens(tokens: jax.Array, backbone: MAEConfig) -> jax.Array:
 class MelSFMTower(SFMTower):
     """Waveforms [B, 3001, 3] -> SFM Mel image (seisfuse.data.spectrogram.mel_image) -> SFM encoder."""
 
-    input_key: ClassVar[str] = "waveform"
-
-    @staticmethod
-    def check(cfg: TowerConfig) -> None:
-        SFMTower.check(cfg)
-        b = cfg.backbone
-        if cfg.pooling == "station":
-            raise ValueError(f"tower {cfg.modality!r}: 'station' pooling reads an image's centre traces; "
-                             "a Mel image has no station: use 'cls', 'mean' or 'flatten'")
-        if (b.img_size, b.in_chans) != (SFM_MEL.n_mels, 1) or SFM_MEL.frames != SFM_MEL.n_mels:
-            raise ValueError(f"the mel-sfm tower feeds {SFM_MEL.n_mels}x{SFM_MEL.frames}x1 Mel images; "
-                             f"its SFM backbone has img_size={b.img_size}, in_chans={b.in_chans}")
-
-    @staticmethod
-    def input_shape(backbone: Backbone, num_samples: int) -> tuple[int, ...]:
-        return (num_samples, 3)
-
     @nn.compact
     def __call__(self, waveforms: jax.Array) -> jax.Array:
         if waveforms.ndim != 3 or waveforms.shape[-1] != 3:
@@ -240,50 +184,6 @@ class SeisLMTower(nn.Module):
     """SeisLM's wav2vec 2.0 encoder on waveforms [B, T, 3]: mean or flatten of the last hidden states."""
 
     cfg: TowerConfig
-    input_key: ClassVar[str] = "waveform"
-    converted_kind: ClassVar[str] = "seislm"
-    backbone_type: ClassVar[type] = Wav2Vec2Config
-
-    @staticmethod
-    def backbone_preset(preset: str, **overrides: Any) -> Wav2Vec2Config:
-        return Wav2Vec2Config.preset(preset, **overrides)
-
-    @staticmethod
-    def check(cfg: TowerConfig) -> None:
-        if not isinstance(cfg.backbone, Wav2Vec2Config):
-            raise ValueError(f"tower {cfg.modality!r} (seislm) needs a Wav2Vec2Config backbone")
-        if cfg.pooling in ("cls", "station"):
-            raise ValueError(f"tower {cfg.modality!r}: pooling {cfg.pooling!r} needs an image; wav2vec 2.0 "
-                             "has no cls token and no station columns: use 'mean' or 'flatten'")
-
-    @staticmethod
-    def block(path: tuple[str, ...]) -> int | None:
-        if path[:2] != ("wav2vec2", "encoder") or len(path) < 3:
-            return None
-        match = re.fullmatch(r"layers_(\d+)", path[2])
-        return int(match.group(1)) if match else None
-
-    @staticmethod
-    def is_final_norm(path: tuple[str, ...], backbone: Backbone) -> bool:
-        # Pre-LN (SeisLM) applies encoder.layer_norm after the last layer; post-LN before the first.
-        return backbone.do_stable_layer_norm and path[:3] == ("wav2vec2", "encoder", "layer_norm")
-
-    @staticmethod
-    def depth(backbone: Backbone) -> int:
-        return backbone.num_hidden_layers
-
-    @staticmethod
-    def width(backbone: Backbone) -> int:
-        return backbone.hidden_size
-
-    @staticmethod
-    def input_shape(backbone: Backbone, num_samples: int) -> tuple[int, ...]:
-        return (num_samples, backbone.input_channels)
-
-    @staticmethod
-    def tokens(backbone: Backbone, num_samples: int) -> int:
-        """Tokens that 'flatten' pooling concatenates: the conv encoder's frames."""
-        return backbone.frames(num_samples)
 
     @nn.compact
     def __call__(self, waveforms: jax.Array) -> jax.Array:
@@ -291,7 +191,91 @@ class SeisLMTower(nn.Module):
         return pool_tokens(hidden, self.cfg.pooling)
 
 
-TOWER_KINDS: dict[str, type[nn.Module]] = {"sfm": SFMTower, "mel-sfm": MelSFMTower, "seislm": SeisLMTower}
+# --------------------------------------------------------------------------- tower kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerKind:
+    """How to build, check and load one kind of tower (the values of TOWER_KINDS).
+
+    module: the backbone module (TowerConfig -> pooled features); config_type: its backbone config;
+    encoder_only: config values that drop pretraining-only parts (SFM's decoder); converted_kind:
+    the `seisfuse convert` model whose encoder weights it loads. input_key / input_shape: the raw
+    batch key it reads and one example's shape (num_samples: waveform length). poolings: those it
+    allows (pooling_note says why not the others); check: refuses a backbone it cannot feed.
+    depth / width / tokens: blocks, token width, tokens that 'flatten' concatenates. block: the
+    transformer block index of an encoder param path (None outside blocks); is_final_norm: the
+    norm after the last block, which trains with a 'last:K' policy.
+    """
+
+    module: type[nn.Module]
+    config_type: type[MAEConfig] | type[Wav2Vec2Config]
+    converted_kind: str
+    input_key: str
+    input_shape: Callable[[Any, int], tuple[int, ...]]
+    depth: Callable[[Any], int]
+    width: Callable[[Any], int]
+    tokens: Callable[[Any, int], int]
+    block: Callable[[tuple[str, ...]], int | None]
+    is_final_norm: Callable[[tuple[str, ...], Any], bool]
+    encoder_only: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    poolings: tuple[str, ...] = POOLINGS
+    pooling_note: str = ""
+    check: Callable[[Any], None] = lambda backbone: None
+
+
+def _vit_block(path: tuple[str, ...]) -> int | None:
+    match = re.fullmatch(r"blocks_(\d+)", path[0])
+    return int(match.group(1)) if match else None
+
+
+def _wav2vec2_block(path: tuple[str, ...]) -> int | None:
+    if path[:2] != ("wav2vec2", "encoder") or len(path) < 3:
+        return None
+    match = re.fullmatch(r"layers_(\d+)", path[2])
+    return int(match.group(1)) if match else None
+
+
+def _check_mel_image(backbone: MAEConfig) -> None:
+    if (backbone.img_size, backbone.in_chans) != (SFM_MEL.n_mels, 1) or SFM_MEL.frames != SFM_MEL.n_mels:
+        raise ValueError(f"the mel-sfm tower feeds {SFM_MEL.n_mels}x{SFM_MEL.frames}x1 Mel images; its SFM "
+                         f"backbone has img_size={backbone.img_size}, in_chans={backbone.in_chans}")
+
+
+SFM_KIND = TowerKind(
+    module=SFMTower, config_type=MAEConfig, converted_kind="sfm", input_key="image",
+    input_shape=lambda b, num_samples: (b.img_size, b.img_size, b.in_chans),
+    depth=lambda b: b.depth, width=lambda b: b.embed_dim,
+    tokens=lambda b, num_samples: b.num_patches,  # the image's patches
+    block=_vit_block, is_final_norm=lambda path, b: path[0] == "norm",
+    encoder_only={"decoder": False})
+
+TOWER_KINDS: dict[str, TowerKind] = {
+    "sfm": SFM_KIND,
+    "mel-sfm": dataclasses.replace(
+        SFM_KIND, module=MelSFMTower, input_key="waveform",
+        input_shape=lambda b, num_samples: (num_samples, 3),
+        poolings=("cls", "mean", "flatten"),
+        pooling_note="reads an image's centre traces; a Mel image has no station", check=_check_mel_image),
+    "seislm": TowerKind(
+        module=SeisLMTower, config_type=Wav2Vec2Config, converted_kind="seislm", input_key="waveform",
+        input_shape=lambda b, num_samples: (num_samples, b.input_channels),
+        depth=lambda b: b.num_hidden_layers, width=lambda b: b.hidden_size,
+        tokens=lambda b, num_samples: b.frames(num_samples),  # the conv encoder's frames
+        block=_wav2vec2_block,
+        # Pre-LN (SeisLM) applies encoder.layer_norm after the last layer; post-LN before the first.
+        is_final_norm=lambda path, b: (b.do_stable_layer_norm
+                                       and path[:3] == ("wav2vec2", "encoder", "layer_norm")),
+        poolings=("mean", "flatten"),
+        pooling_note="needs an image; wav2vec 2.0 has no cls token and no station columns"),
+}
+
+
+def tower_kind(name: str) -> TowerKind:
+    """TOWER_KINDS[name], or a ValueError naming the kinds there are."""
+    if name not in TOWER_KINDS:
+        raise ValueError(f"unknown tower kind {name!r}; choose from {sorted(TOWER_KINDS)}")
+    return TOWER_KINDS[name]
 
 
 def pool_tokens(tokens: jax.Array, pooling: str) -> jax.Array:
@@ -351,8 +335,9 @@ class Tower(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = TOWER_KINDS[self.cfg.kind](self.cfg, name="backbone")(x)
-        width = TOWER_KINDS[self.cfg.kind].width(self.cfg.backbone)
+        kind = TOWER_KINDS[self.cfg.kind]
+        pooled = kind.module(self.cfg, name="backbone")(x)
+        width = kind.width(self.cfg.backbone)
         return unit_vectors(Head(self.embed_dim, self.head, width, name="head")(pooled.astype(jnp.float32)))
 
 
@@ -391,102 +376,3 @@ class JointEmbedding(nn.Module):
 def logit_params(params: Mapping[str, Any]) -> tuple[jax.Array, jax.Array | None]:
     """(log t, b) from a JointEmbedding params tree (b None when the model has no bias)."""
     return params["logit_scale"], params.get("logit_bias")
-
-
-# --------------------------------------------------------------------------- freezing
-
-
-def parse_trainable(policy: str | int, depth: int) -> int:
-    """Freezing policy -> how many of the last blocks train: 'all' (depth), 'none' (0), 'last:K', or K."""
-    if policy == "all":
-        return depth
-    if policy == "none":
-        return 0
-    text = str(policy).removeprefix("last:")
-    if not text.isdigit():
-        raise ValueError(f"freezing policy must be 'all', 'none' or 'last:K', got {policy!r}")
-    k = int(text)
-    if k > depth:
-        raise ValueError(f"freezing policy {policy!r} asks for {k} blocks but the tower has {depth}")
-    return k
-
-
-def param_labels(cfg: JointConfig, params: Any, trainable: Mapping[str, str | int]) -> Any:
-    """'decay' / 'no_decay' / 'frozen' per parameter under per-modality freezing policies.
-
-    trainable[modality] is 'all', 'none' (LiT-style: a frozen tower, only its head trains) or
-    'last:K' (the last K blocks and the final norm train). Modalities left out train fully.
-    Heads and the loss parameters always train; matrices decay, 1-D params and biases do not;
-    SFM's fixed sin-cos position tables are always frozen.
-    """
-    unknown = set(trainable) - set(cfg.modalities)
-    if unknown:
-        raise ValueError(f"freezing policies for unknown modalities {sorted(unknown)}; "
-                         f"this model has {list(cfg.modalities)}")
-    keep = {}
-    for t in cfg.towers:
-        kind = TOWER_KINDS[t.kind]
-        depth = kind.depth(t.backbone)
-        keep[t.modality] = (kind, t.backbone, depth, parse_trainable(trainable.get(t.modality, "all"), depth))
-
-    def label(path: tuple[str, ...], leaf: jax.Array) -> str:
-        default = "no_decay" if leaf.ndim <= 1 or path[-1] == "bias" else "decay"
-        if path[0] not in keep or path[1] != "backbone":
-            return default
-        kind, backbone, depth, k = keep[path[0]]
-        inner = path[3:]  # {modality}/backbone/encoder/...
-        if path[-1] == "pos_embed" and not getattr(backbone, "learned_pos_embed", True):
-            return "frozen"  # SFM's fixed sin-cos table
-        if k == depth:
-            return default
-        block = kind.block(inner)
-        trains = (block is not None and block >= depth - k) or (k > 0 and kind.is_final_norm(inner, backbone))
-        return default if trains else "frozen"
-
-    return path_aware_map(label, params)
-
-
-# --------------------------------------------------------------------------- released weights
-
-
-def tower_from_converted(modality: str, kind: str, converted_kind: str, converted_config: Mapping[str, Any],
-                         pooling: str = "mean", **overrides: Any) -> TowerConfig:
-    """The TowerConfig of a tower that starts from `seisfuse convert` output (its config.json)."""
-    tower = TOWER_KINDS.get(kind)
-    if tower is None:
-        raise ValueError(f"unknown tower kind {kind!r}; choose from {sorted(TOWER_KINDS)}")
-    if converted_kind != tower.converted_kind:
-        raise ValueError(f"tower {modality!r} ({kind}) needs converted {tower.converted_kind} weights, "
-                         f"got {converted_kind!r}")
-    values = {**dict(converted_config), **overrides}
-    if tower.backbone_type is MAEConfig:
-        values["decoder"] = False  # the joint model uses the encoder only
-    return TowerConfig(modality, kind, tower.backbone_type.from_dict(values), pooling)
-
-
-def load_tower_weights(cfg: JointConfig, params: Mapping[str, Any], modality: str, converted_kind: str,
-                       converted: Mapping[str, Any]) -> dict[str, Any]:
-    """params with `modality`'s encoder replaced by converted weights (decoder, quantizer and other
-    pretraining-only entries of the converted tree are not used). Raises naming missing keys and
-    shape mismatches."""
-    from flax.traverse_util import flatten_dict, unflatten_dict
-
-    tower = cfg.tower(modality)
-    expected_kind = TOWER_KINDS[tower.kind].converted_kind
-    if converted_kind != expected_kind:
-        raise ValueError(f"tower {modality!r} needs converted {expected_kind} weights, "
-                         f"got {converted_kind!r}")
-    encoder = flatten_dict(params[modality]["backbone"]["encoder"])
-    source = flatten_dict(converted)
-    missing = sorted("/".join(k) for k in encoder if k not in source)
-    if missing:
-        raise ValueError(f"converted weights for {modality!r} lack {len(missing)} encoder parameters: "
-                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    mismatched = [f"{'/'.join(k)}: {tuple(source[k].shape)} vs {tuple(v.shape)}"
-                  for k, v in encoder.items() if tuple(source[k].shape) != tuple(v.shape)]
-    if mismatched:
-        raise ValueError(f"converted weights for {modality!r} do not fit the tower: {mismatched[:8]}")
-    loaded = unflatten_dict({k: jnp.asarray(source[k], v.dtype) for k, v in encoder.items()})
-    out = dict(params)
-    out[modality] = {**params[modality], "backbone": {**params[modality]["backbone"], "encoder": loaded}}
-    return out

@@ -2,9 +2,10 @@
 
 Every task labels its params 'decay' / 'no_decay' / 'frozen'; a label with the suffix DELAYED
 ('decay:delayed', 'no_decay:delayed') freezes that group until `delay_steps`, then trains it (SeisLM's
-fine-tuning unfreezes its base at epoch N). SFM/MAE (timm's add_weight_decay):
-no weight decay on 1-D parameters and biases; the fixed sin-cos position tables are not trained
-(requires_grad=False in PyTorch), so they get no optimizer state and no update here either.
+fine-tuning unfreezes its base at epoch N). One decay rule serves every task (`decay_label`, timm's
+add_weight_decay): no weight decay on 1-D parameters and biases. SFM's fixed sin-cos position tables
+are not trained (requires_grad=False in PyTorch), so they get no optimizer state and no update here
+either; the joint model's freezing policies ('all', 'none', 'last:K') become 'frozen' labels too.
 Torch's AdamW decays p by lr·wd before the Adam step; optax's adamw adds wd·p to the Adam update
 before scaling by -lr: the same update.
 """
@@ -21,16 +22,72 @@ import jax.numpy as jnp
 import optax
 from flax.traverse_util import path_aware_map
 
+from seisfuse.models.joint import TOWER_KINDS, JointConfig
+
 FIXED_POSITION_TABLES = ("pos_embed", "decoder_pos_embed")
+
+
+def decay_label(path: tuple[str, ...], leaf: jax.Array) -> str:
+    """The one weight-decay rule (timm's add_weight_decay): 'no_decay' for 1-D params (norms,
+    BatchNorm affine) and biases, 'decay' for the rest."""
+    return "no_decay" if leaf.ndim <= 1 or path[-1] == "bias" else "decay"
+
+
+def _mae_label(path: tuple[str, ...], leaf: jax.Array, learned_pos_embed: bool) -> str:
+    if path[-1] in FIXED_POSITION_TABLES and not learned_pos_embed:
+        return "frozen"  # a fixed sin-cos table (requires_grad=False in SFM)
+    return decay_label(path, leaf)
 
 
 def mae_param_labels(params: Any, learned_pos_embed: bool = False) -> Any:
     """'frozen' for fixed position tables, 'decay' for matrices, 'no_decay' for 1-D params and biases."""
+    return path_aware_map(lambda path, leaf: _mae_label(path, leaf, learned_pos_embed), params)
+
+
+def parse_trainable(policy: str | int, depth: int) -> int:
+    """Freezing policy -> how many of the last blocks train: 'all' (depth), 'none' (0), 'last:K', or K."""
+    if policy == "all":
+        return depth
+    if policy == "none":
+        return 0
+    text = str(policy).removeprefix("last:")
+    if not text.isdigit():
+        raise ValueError(f"freezing policy must be 'all', 'none' or 'last:K', got {policy!r}")
+    k = int(text)
+    if k > depth:
+        raise ValueError(f"freezing policy {policy!r} asks for {k} blocks but the tower has {depth}")
+    return k
+
+
+def joint_param_labels(cfg: JointConfig, params: Any, trainable: Mapping[str, str | int]) -> Any:
+    """'decay' / 'no_decay' / 'frozen' per parameter of a JointEmbedding under per-modality freezing.
+
+    trainable[modality] is 'all', 'none' (LiT-style: a frozen tower, only its head trains) or
+    'last:K' (the last K blocks and the final norm train). Modalities left out train fully.
+    Heads and the loss parameters always train; the decay rule is `decay_label`'s, and SFM's fixed
+    sin-cos position tables are always frozen.
+    """
+    unknown = set(trainable) - set(cfg.modalities)
+    if unknown:
+        raise ValueError(f"freezing policies for unknown modalities {sorted(unknown)}; "
+                         f"this model has {list(cfg.modalities)}")
+    keep = {}
+    for t in cfg.towers:
+        kind = TOWER_KINDS[t.kind]
+        depth = kind.depth(t.backbone)
+        keep[t.modality] = (kind, t.backbone, depth, parse_trainable(trainable.get(t.modality, "all"), depth))
 
     def label(path: tuple[str, ...], leaf: jax.Array) -> str:
-        if path[-1] in FIXED_POSITION_TABLES and not learned_pos_embed:
-            return "frozen"
-        return "no_decay" if leaf.ndim <= 1 or path[-1] == "bias" else "decay"
+        if path[0] not in keep or path[1] != "backbone":
+            return decay_label(path, leaf)
+        kind, backbone, depth, k = keep[path[0]]
+        default = _mae_label(path, leaf, getattr(backbone, "learned_pos_embed", True))
+        if default == "frozen" or k == depth:
+            return default
+        inner = path[3:]  # {modality}/backbone/encoder/...
+        block = kind.block(inner)
+        trains = (block is not None and block >= depth - k) or (k > 0 and kind.is_final_norm(inner, backbone))
+        return default if trains else "frozen"
 
     return path_aware_map(label, params)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import path_aware_map
 
+from seisfuse.convert.towers import load_tower_weights, tower_from_converted
 from seisfuse.data.transforms import WINDOW
 from seisfuse.losses import (
     CLIP_LOGIT_SCALE_INIT,
@@ -33,17 +34,19 @@ from seisfuse.models.joint import (
     JointConfig,
     JointEmbedding,
     TowerConfig,
-    load_tower_weights,
     logit_params,
-    parse_trainable,
     pooled_width,
-    tower_from_converted,
 )
-from seisfuse.models.joint import param_labels as joint_param_labels
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder, check_mask_ratio
 from seisfuse.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from seisfuse.parallel import make_mesh
-from seisfuse.train.optim import cosine_anneal, mae_layer_scales, mae_param_labels
+from seisfuse.train.optim import (
+    cosine_anneal,
+    joint_param_labels,
+    mae_layer_scales,
+    mae_param_labels,
+    parse_trainable,
+)
 
 Batch = Mapping[str, Any]
 
@@ -197,18 +200,10 @@ class Wav2Vec2Pretraining:
         return {"waveform": rng.standard_normal((self.num_samples, self.cfg.input_channels), np.float32)}
 
     def flops_per_example(self) -> float:
-        c = self.cfg
-        forward, length, channels = 0.0, self.num_samples, c.input_channels
-        for dim, kernel, stride in zip(c.conv_dim, c.conv_kernel, c.conv_stride, strict=True):
-            length = (length - kernel) // stride + 1
-            forward += 2 * length * kernel * channels * dim
-            channels = dim
-        hidden, groups = c.hidden_size, c.num_conv_pos_embedding_groups
-        forward += 2 * length * channels * hidden  # feature projection
-        forward += 2 * length * c.num_conv_pos_embeddings * hidden * hidden / groups
-        forward += _transformer_flops(length, hidden, c.intermediate_size, c.num_hidden_layers)
-        forward += 2 * length * channels * c.num_codevectors  # quantizer logits
-        forward += 2 * length * (hidden + c.codevector_dim) * c.proj_codevector_dim
+        c, length = self.cfg, self.frames
+        forward = _wav2vec2_encoder_flops(c, self.num_samples)
+        forward += 2 * length * c.conv_dim[-1] * c.num_codevectors  # quantizer logits
+        forward += 2 * length * (c.hidden_size + c.codevector_dim) * c.proj_codevector_dim
         masked = length * min(1.0, c.mask_time_prob)
         forward += 2 * masked * (c.num_negatives + 1) * c.proj_codevector_dim
         return 3.0 * forward
@@ -381,21 +376,27 @@ class AlignTask:
                    num_samples=int(p_window[1]) if p_window else WINDOW)
 
 
-def _tower_flops(backbone: MAEConfig | Wav2Vec2Config, num_samples: int) -> float:
-    """Forward matmul FLOPs of one tower's encoder for one example."""
-    if isinstance(backbone, MAEConfig):
-        c = backbone
-        return (2 * c.num_patches * c.patch_dim * c.embed_dim
-                + _transformer_flops(c.num_patches + 1, c.embed_dim, int(c.embed_dim * c.mlp_ratio), c.depth))
-    c, forward, length, channels = backbone, 0.0, num_samples, backbone.input_channels
+def _wav2vec2_encoder_flops(c: Wav2Vec2Config, num_samples: int) -> float:
+    """Forward matmul FLOPs of the wav2vec 2.0 encoder (conv feature encoder, feature projection,
+    positional conv, transformer) for one example of `num_samples` samples."""
+    forward, length, channels = 0.0, num_samples, c.input_channels
     for dim, kernel, stride in zip(c.conv_dim, c.conv_kernel, c.conv_stride, strict=True):
         length = (length - kernel) // stride + 1
         forward += 2 * length * kernel * channels * dim
         channels = dim
     hidden = c.hidden_size
-    forward += 2 * length * channels * hidden
+    forward += 2 * length * channels * hidden  # feature projection
     forward += 2 * length * c.num_conv_pos_embeddings * hidden * hidden / c.num_conv_pos_embedding_groups
     return forward + _transformer_flops(length, hidden, c.intermediate_size, c.num_hidden_layers)
+
+
+def _tower_flops(backbone: MAEConfig | Wav2Vec2Config, num_samples: int) -> float:
+    """Forward matmul FLOPs of one tower's encoder for one example (all patches: no masking)."""
+    if isinstance(backbone, Wav2Vec2Config):
+        return _wav2vec2_encoder_flops(backbone, num_samples)
+    c = backbone
+    return (2 * c.num_patches * c.patch_dim * c.embed_dim
+            + _transformer_flops(c.num_patches + 1, c.embed_dim, int(c.embed_dim * c.mlp_ratio), c.depth))
 
 
 def _rebox(box: Any, value: jax.Array) -> Any:
