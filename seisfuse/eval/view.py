@@ -49,7 +49,7 @@ RESULTS_FILE = "results.json"  # a multimodal experiment: records {task, arm, se
 SUMMARY_FILE = "summary.md"
 REPORT_FILE = "report.html"
 TASKS = ("mae", "seislm", "align", "segment", "regress", "pick", "classify")
-IMAGE_TASKS, WAVEFORM_TASKS = ("mae", "segment", "regress"), ("seislm", "pick", "classify")
+IMAGE_TASKS = ("mae", "segment", "regress")  # the others read waveforms (align: pairs)
 MAX_EXAMPLES = 256  # one page stays small enough to open and share
 VERSION_PACKAGES = ("seisfuse", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
                     "matplotlib", "scikit-learn")
@@ -518,8 +518,9 @@ def heldout_config(info: RunInfo, data: str | Path | None, overrides: Sequence[s
     return config
 
 
-def heldout_batch(task: Any, config: Any, n: int) -> tuple[dict[str, np.ndarray], str]:
-    """Up to n held-out raw examples as one batch, and a note on where they come from."""
+def heldout_batches(task: Any, config: Any, n: int) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Batches holding the first n held-out raw examples (the run's batch size, at most 32, so the
+    model never sees more at once than in evaluation), and a note on where they come from."""
     from seisfuse.eval.evaluate import eval_batches
 
     data = config["data"]
@@ -527,51 +528,76 @@ def heldout_batch(task: Any, config: Any, n: int) -> tuple[dict[str, np.ndarray]
         from seisfuse.train.loop import RandomBatches
 
         batch = next(iter(RandomBatches(task, n, int(config["seed"]) + 1)))
-        return batch, "the run trained on random arrays (data.source='random'): so are these examples"
-    parts = list(eval_batches(task, config, n))
-    if not parts:
+        return [batch], "the run trained on random arrays (data.source='random'): so are these examples"
+    batches = [{k: np.asarray(v) for k, v in raw.items()} for raw in eval_batches(task, config, n)]
+    if not batches:
         raise ValueError(f"the held-out data of the run ({data['source']}) hold no examples")
-    batch = {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}
     where = data.get("path") or f"dataset seed {data.get('dataset_seed', 0)}"
-    count = len(next(iter(batch.values())))
-    return batch, f"{count} held-out examples of the {data['source']} source ({where})"
+    seen = min(n, sum(len(next(iter(b.values()))) for b in batches))
+    return batches, f"{seen} held-out examples of the {data['source']} source ({where})"
 
 
 def model_outputs(info: RunInfo, config: Any, n: int) -> dict[str, Any]:
-    """The task's model on n held-out examples, restored from the newest intact checkpoint:
-    {'batch': model inputs, 'output': outputs (or 'embeddings'), 'step', 'note'}."""
+    """The task's model on n held-out examples, restored from the newest intact checkpoint, batch by
+    batch: {'batch': model inputs (and the raw examples' metadata), 'output' (or 'pred' and 'mask'
+    for MAE, 'embeddings' for alignment), 'step', 'note', 'task'}."""
     import jax
 
+    from seisfuse.train.checkpoint import restore_items
     from seisfuse.train.tasks import make_task
 
     task = make_task(config)
-    raw, note = heldout_batch(task, config, n)
+    raws, note = heldout_batches(task, config, n)
+    seed = int(config["seed"])
     if info.task == "align":
         from seisfuse.eval.embed import Embedder, restore_params
 
         step, params = restore_params(task, info.path)
+        raw = _concat(raws, n)
         batch = task.prepare(raw, [])
-        return {"batch": {**raw, **batch}, "embeddings": Embedder(task, params).embed_all(batch),
-                "step": step, "note": note}
-    from seisfuse.train.checkpoint import restore_items
-
+        embeddings = Embedder(task, params).embed_all(batch)
+        return {"batch": {**raw, **batch}, "embeddings": embeddings, "step": step, "note": note, "task": task}
     if info.task == "mae":
         items, step = restore_items(info.path / "checkpoints", ("params",))
-        images = np.asarray(raw["image"], np.float32)
-        noise = np.random.default_rng([int(config["seed"]), 3]).random((len(images), task.cfg.num_patches))
         apply = jax.jit(lambda p, x, z: task.model.apply({"params": p}, x, noise=z,
-                                                         mask_ratio=task.mask_ratio))
-        _, pred, mask = apply(items["params"], images, noise.astype(np.float32))
-        return {"batch": {"image": images}, "pred": np.asarray(pred), "mask": np.asarray(mask), "step": step,
-                "note": note, "task": task}
+                                                         mask_ratio=task.mask_ratio)[1:])
+        outputs = []
+        for i, raw in enumerate(raws):
+            images = _padded(np.asarray(raw["image"], np.float32), len(raws[0]["image"]))
+            noise = np.random.default_rng([seed, 3, i]).random((len(images), task.cfg.num_patches))
+            pred, mask = apply(items["params"], images, noise)
+            count = len(raw["image"])
+            outputs.append({"image": images[:count], "pred": np.asarray(pred)[:count],
+                            "mask": np.asarray(mask)[:count]})
+        out = _concat(outputs, n)
+        return {"batch": {"image": out.pop("image")}, **out, "step": step, "note": note, "task": task}
     from seisfuse.eval.evaluate import restore_variables
 
     params, model_state, step = restore_variables(info.path)
-    rngs = [np.random.default_rng([int(config["seed"]), 2, i]) for i in range(len(next(iter(raw.values()))))]
-    batch = task.prepare(raw, rngs)
-    output = np.asarray(jax.jit(task.predict)(params, model_state, batch))
-    return {"batch": {k: np.asarray(v) for k, v in batch.items()}, "output": output, "step": step,
-            "note": note, "task": task}
+    predict = jax.jit(task.predict)
+    size = len(next(iter(raws[0].values())))
+    batches, seen = [], 0
+    for raw in raws:
+        count = len(next(iter(raw.values())))
+        batch = task.prepare(raw, [np.random.default_rng([seed, 2, seen + i]) for i in range(count)])
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        output = predict(params, model_state, {k: _padded(v, size) for k, v in batch.items()})
+        batches.append({**batch, "output": np.asarray(output)[:count]})
+        seen += count
+    out = _concat(batches, n)
+    output = out.pop("output")
+    return {"batch": out, "output": output, "step": step, "note": note, "task": task}
+
+
+def _concat(batches: Sequence[Mapping[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+    """The first n examples of the batches, as one."""
+    return {k: np.concatenate([np.asarray(b[k]) for b in batches])[:n] for k in batches[0]}
+
+
+def _padded(array: np.ndarray, size: int) -> np.ndarray:
+    """A short last batch filled up with copies of its last example: one compiled shape."""
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)]) if len(array) < size \
+        else array
 
 
 # ====================================================================== figures
