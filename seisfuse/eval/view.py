@@ -831,8 +831,8 @@ def run_section(info: RunInfo) -> Section:
         section.parts.append(_table("commands", ["time", "command", "working directory"], rows,
                                     "the commands that made the run (later rows: resumes)"))
     else:
-        section.parts.append(_p(f"no {COMMAND_FILE}: the run predates command recording or was made from "
-                                "Python; its config follows", "note"))
+        section.parts.append(_p(f"no {COMMAND_FILE}: made before seisfuse recorded commands, or from Python",
+                                "note"))
     recorded = commands[0].get("versions", {}) if commands else {}
     now = software_versions()
     names = list(dict.fromkeys([*recorded, *now]))
