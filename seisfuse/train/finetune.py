@@ -23,7 +23,7 @@ import numpy as np
 from flax.traverse_util import path_aware_map
 
 from seisfuse.data.transforms import WINDOW
-from seisfuse.train.optim import DELAYED, mae_layer_scales, mae_param_labels
+from seisfuse.train.optim import DELAYED, decay_label, mae_layer_scales, mae_param_labels
 
 Batch = Mapping[str, Any]
 SFM_TASKS = ("segment", "regress")
@@ -33,9 +33,7 @@ TRUNK_KINDS = {"sfm": ("sfm", "mae"), "seislm": ("seislm",)}
 
 
 def _decay_labels(params: Any) -> Any:
-    """timm's add_weight_decay: no decay on 1-D params (norms, BatchNorm affine) and biases."""
-    return path_aware_map(lambda path, leaf: "no_decay" if leaf.ndim <= 1 or path[-1] == "bias" else "decay",
-                          params)
+    return path_aware_map(decay_label, params)
 
 
 @dataclasses.dataclass(frozen=True)
