@@ -15,6 +15,8 @@ from seisfuse.cli import main
 from seisfuse.train.config import load_config
 from seisfuse.train.tasks import make_task
 
+pytestmark = pytest.mark.slow  # end to end: the runs fixture fine-tunes all four tasks
+
 QUICK = ["--config.total_steps=2", "--config.optimizer.warmup_steps=1", "--config.wandb.mode=disabled",
          "--config.tensorboard=False", "--config.batch_size=2", "--config.data.num_examples=8",
          "--config.data.eval_examples=4", "--config.checkpoint_every=2", "--config.log_every=1"]
@@ -79,6 +81,22 @@ def test_evaluate_never_overwrites_and_names_non_finetuning_runs(runs, tmp_path,
     assert "--overwrite" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a seisfuse run" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_users_records_and_refuses_the_wrong_modality(runs, tmp_path, capsys):
+    event = obspy.read(str(EVENT))
+    event.resample(100.0)
+    event.write(str(tmp_path / "event.mseed"), format="MSEED")
+    (tmp_path / "picks.csv").write_text("file,p_time,s_time\nevent.mseed,2005-07-23T14:52:10,\n")
+    assert main(["evaluate", str(runs["pick"]), "--data", str(tmp_path / "picks.csv"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["examples"] == 1  # the user's record, not the run's synthetic held-out set
+    (tmp_path / "sfm" / "seismic").mkdir(parents=True)
+    (tmp_path / "sfm" / "seismic" / "1.dat").write_bytes(np.zeros(16, np.float32).tobytes())
+    assert main(["evaluate", str(runs["pick"]), "--data", str(tmp_path / "sfm"),
+                 "--out", str(tmp_path / "e2")]) == 2
+    assert "holds images" in capsys.readouterr().err
 
 
 def test_pick_writes_a_table_for_a_real_event_and_refuses_a_classifier(runs, tmp_path, capsys):

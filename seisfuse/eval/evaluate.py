@@ -26,10 +26,11 @@ def evaluate_run(run_dir: str | Path, *, data_path: str | None = None, overrides
                  out_dir: str | Path | None = None, max_examples: int | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """Evaluate the run in `run_dir`; returns the metrics written to OUT/metrics.json
-    (OUT = run_dir/eval by default). `data_path` replaces config.data.path (e.g. an SFM task
-    folder or a SeisBench dataset); `overrides` are 'data.key=value' settings."""
+    (OUT = run_dir/eval by default). `data_path` replaces the run's data (an SFM task folder, a
+    SeisBench dataset or a record table, checked against the run's modality); `overrides` are
+    'data.key=value' settings."""
     from seisfuse.train.checkpoint import probe_writable
-    from seisfuse.train.config import apply_overrides, read_run_config
+    from seisfuse.train.config import read_run_config
     from seisfuse.train.tasks import make_task
 
     run_dir = Path(run_dir)
@@ -37,9 +38,7 @@ def evaluate_run(run_dir: str | Path, *, data_path: str | None = None, overrides
     if config["task"] not in EVALUATORS:
         raise ValueError(f"{run_dir} is a {config['task']!r} run; `seisfuse evaluate` evaluates fine-tuning "
                          f"runs ({', '.join(EVALUATORS)}): use `seisfuse demo`/`embed` for alignment runs")
-    config = apply_overrides(config, overrides)
-    if data_path:
-        config.data.path = str(data_path)
+    config = aim_data(config, run_dir, data_path, overrides)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
     if (out_dir / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists: pass --overwrite or choose --out")
@@ -62,6 +61,66 @@ def evaluate_run(run_dir: str | Path, *, data_path: str | None = None, overrides
     evaluator.figures(out_dir / "figures")
     _write_json(out_dir / "metrics.json", result)
     return result
+
+
+IMAGE_TASKS = ("mae", "segment", "regress")  # the others read waveforms (align: pairs)
+SFM_TASK_OF_LABEL = {"facies": "facies", "salt": "salt", "clean": "denoise", "reflectivity": "reflectivity",
+                     "image": "interpolation"}
+
+
+def data_modality(path: str | Path) -> tuple[str, str]:
+    """(modality, source kind) of a --data path: an SFM .dat task folder holds images; a SeisBench
+    folder (metadata*.csv) or a pick table (.csv) holds waveforms."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "waveform", "pick_table"
+    else:
+        children = list(path.iterdir())
+        if any(c.is_file() and c.name.startswith("metadata") and c.suffix == ".csv" for c in children):
+            return "waveform", "seisbench"
+        inner = [g for c in children if c.is_dir() for g in c.iterdir()]
+        if any(p.suffix == ".dat" for p in children + inner):
+            return "image", "dat"
+    raise ValueError(f"--data {path}: not a data set seisfuse reads here; expected an SFM .dat task folder "
+                     "(images), a SeisBench folder with metadata.csv or a pick table .csv (waveforms)")
+
+
+def aim_data(config: Any, run_dir: str | Path, data: str | Path | None, overrides: Sequence[str]) -> Any:
+    """`config` with its data section replaced by the `data` path (its kind detected and checked
+    against the run's modality: a run is never silently evaluated on its own data instead), then
+    the 'data.key=value' `overrides`."""
+    from seisfuse.train.config import apply_overrides
+
+    task = config["task"]
+    if data is not None:
+        if task == "align":
+            raise ValueError(f"{run_dir} is an alignment run, viewed on held-out generated pairs; --data "
+                             "takes the image data of an MAE/segment/regress run or the waveforms of a "
+                             "SeisLM/pick/classify run")
+        modality, source = data_modality(data)
+        expected = "image" if task in IMAGE_TASKS else "waveform"
+        if modality != expected:
+            wanted = ("seismic images (an SFM .dat task folder)" if expected == "image"
+                      else "waveforms (a SeisBench folder or a pick table .csv)")
+            raise ValueError(f"--data {data} holds {modality}s ({source}), but {run_dir} is a {task!r} "
+                             f"run, which reads {wanted}")
+        label_key = config.data.label_key
+        config.data.source, config.data.path = source, str(data)
+        config.data.label_key = "label" if task == "classify" and source == "pick_table" else None
+        if source == "pick_table":
+            config.data.eval_path = str(data)
+        if source == "dat":  # every key the source reads exists, so --data.key=value can set it
+            config.data.task = config.data.get("task") or SFM_TASK_OF_LABEL.get(label_key)
+            config.data.size = config.data.get("size")
+            config.data.train_count = config.data.get("train_count")
+    config = apply_overrides(config, overrides)
+    if config.data.source == "dat" and not config.data.get("task"):
+        raise ValueError(f"--data {data} is an SFM task folder: name its task with --data.task=facies, salt, "
+                         "denoise, reflectivity or interpolation")
+    return config
 
 
 def restore_variables(run_dir: Path) -> tuple[Any, Any, int]:

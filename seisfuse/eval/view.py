@@ -49,7 +49,6 @@ RESULTS_FILE = "results.json"  # a multimodal experiment: records {task, arm, se
 SUMMARY_FILE = "summary.md"
 REPORT_FILE = "report.html"
 TASKS = ("mae", "seislm", "align", "segment", "regress", "pick", "classify")
-IMAGE_TASKS = ("mae", "segment", "regress")  # the others read waveforms (align: pairs)
 MAX_EXAMPLES = 256  # one page stays small enough to open and share
 VERSION_PACKAGES = ("seisfuse", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
                     "matplotlib", "scikit-learn")
@@ -457,62 +456,12 @@ def experiment_table(records: Sequence[Mapping[str, Any]], level: float = 0.95) 
 
 
 # The SFM task folder whose labels a run trained on the synthetic generator's learns (data.label_key).
-SFM_TASK_OF_LABEL = {"facies": "facies", "salt": "salt", "clean": "denoise", "reflectivity": "reflectivity",
-                     "image": "interpolation"}
-
-
-def data_modality(path: str | Path) -> tuple[str, str]:
-    """(modality, source kind) of a --data path: an SFM .dat task folder holds images; a SeisBench
-    folder (metadata*.csv) or a pick table (.csv) holds waveforms."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "waveform", "pick_table"
-    else:
-        children = list(path.iterdir())
-        if any(c.is_file() and c.name.startswith("metadata") and c.suffix == ".csv" for c in children):
-            return "waveform", "seisbench"
-        inner = [g for c in children if c.is_dir() for g in c.iterdir()]
-        if any(p.suffix == ".dat" for p in children + inner):
-            return "image", "dat"
-    raise ValueError(f"--data {path}: not a data set seisfuse reads here; expected an SFM .dat task folder "
-                     "(images), a SeisBench folder with metadata.csv or a pick table .csv (waveforms)")
-
-
 def heldout_config(info: RunInfo, data: str | Path | None, overrides: Sequence[str], n: int) -> Any:
     """The run's config with its data section aimed at `n` held-out examples: `data` (checked
     against the run's modality first) replaces the source, `overrides` ('data.key=value') follow."""
-    from seisfuse.train.config import apply_overrides
+    from seisfuse.eval.evaluate import aim_data
 
-    config = info.config.copy_and_resolve_references()
-    task = info.task
-    if data is not None:
-        if task == "align":
-            raise ValueError(f"{info.path} is an alignment run, viewed on held-out generated pairs; --data "
-                             "takes the image data of an MAE/segment/regress run or the waveforms of a "
-                             "SeisLM/pick/classify run")
-        modality, source = data_modality(data)
-        expected = "image" if task in IMAGE_TASKS else "waveform"
-        if modality != expected:
-            wanted = ("seismic images (an SFM .dat task folder)" if expected == "image"
-                      else "waveforms (a SeisBench folder or a pick table .csv)")
-            raise ValueError(f"--data {data} holds {modality}s ({source}), but {info.path} is a {task!r} "
-                             f"run, which reads {wanted}")
-        label_key = config.data.label_key
-        config.data.source, config.data.path = source, str(data)
-        config.data.label_key = "label" if task == "classify" and source == "pick_table" else None
-        if source == "pick_table":
-            config.data.eval_path = str(data)
-        if source == "dat":  # every key the source reads exists, so --data.key=value can set it
-            config.data.task = config.data.get("task") or SFM_TASK_OF_LABEL.get(label_key)
-            config.data.size = config.data.get("size")
-            config.data.train_count = config.data.get("train_count")
-    config = apply_overrides(config, overrides)
-    if config.data.source == "dat" and not config.data.get("task"):
-        raise ValueError(f"--data {data} is an SFM task folder: name its task with --data.task=facies, salt, "
-                         "denoise, reflectivity or interpolation")
+    config = aim_data(info.config.copy_and_resolve_references(), info.path, data, overrides)
     if config.data.source == "synthetic":
         config.data.eval_examples = n  # the first n held-out examples, whatever the run evaluated on
     return config
