@@ -3,7 +3,8 @@
 Generates physics-paired synthetic data (seisfuse.data.synthetic) on every core, trains the tiny
 joint model with the training engine, and evaluates retrieval on held-out pairs (a different
 dataset seed) against the chance level and the same model untrained. Writes to the output folder:
-metrics.json, summary.txt, config.json, checkpoints/ and figures/*.png.
+metrics.json, summary.txt, config.json, command.json, checkpoints/, TensorBoard events,
+figures/*.png and report.html (`seisfuse view`: every figure, the curves and the config in one page).
 
 Everything here is light to import (jax is imported when a function needs it): the generator's
 worker processes import this module.

@@ -41,6 +41,9 @@ def test_demo_writes_metrics_figures_checkpoint_and_summary(demo_dir):
     assert "chance" in summary and "untrained" in summary
     assert f"{metrics['retrieval/img2wav/R@10']:.3f}" in summary
     assert json.loads((demo_dir / "config.json").read_text())["task"] == "align"
+    report = (demo_dir / "report.html").read_text()
+    assert 'id="alignment"' in report and "<img" in report  # the demo ends with its one-page report
+    assert json.loads((demo_dir / "command.json").read_text())[0]["argv"][1] == "demo"
 
 
 def test_demo_refuses_to_overwrite_a_run(demo_dir, capsys):
