@@ -104,6 +104,7 @@ def sharded_results(tmp_path_factory) -> tuple[dict, dict]:
     return runs[1], runs[8]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["811", "241", "222"])
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_sharded_losses_and_gradients_match_one_device(sharded_results, loss, mesh):
@@ -115,6 +116,7 @@ def test_sharded_losses_and_gradients_match_one_device(sharded_results, loss, me
                                    rtol=0, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_sharded_losses_never_hold_the_full_batch_square(sharded_results, loss):
     single, sharded = sharded_results

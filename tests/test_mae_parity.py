@@ -51,7 +51,8 @@ def _compare(cfg: MAEConfig, tmp_path, batch: int = 2) -> None:
     np.testing.assert_array_equal(np.asarray(full_restore[0]), np.arange(cfg.num_patches))
 
 
-@pytest.mark.parametrize("preset,size", [("tiny", 224), ("tiny", 512), ("base", 224)])
+@pytest.mark.parametrize("preset,size", [("tiny", 224), ("tiny", 512),
+                                         pytest.param("base", 224, marks=pytest.mark.slow)])
 def test_parity(preset, size, tmp_path):
     _compare(MAEConfig.preset(preset, img_size=size), tmp_path)
 

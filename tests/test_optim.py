@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from seisfuse.convert import load_sfm
@@ -19,6 +20,7 @@ LR, WD, EPS = 1e-2, 0.5, 1e-3
 TOL = 1e-5
 
 
+@pytest.mark.slow
 def test_two_adamw_steps_match_torch(tmp_path):
     cfg = MAEConfig.preset("tiny", img_size=64)
     ref = build_reference(cfg, seed=4)

@@ -67,6 +67,7 @@ def _assert_same_run(reference: dict, other: dict) -> None:
         np.testing.assert_allclose(other[key], reference[key], atol=TOL, rtol=0, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["mae", "seislm"])
 @pytest.mark.parametrize("mesh", ["222", "181"])
 def test_sharded_steps_equal_one_device(runs, task, mesh):
@@ -76,12 +77,14 @@ def test_sharded_steps_equal_one_device(runs, task, mesh):
     _assert_same_run(reference, _load(out / "eight" / f"{task}_{mesh}.npz"))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(runs):
     out, _ = runs
     _assert_same_run(_load(out / "one" / "mae_111.npz"), _load(out / "two" / "mae_211.npz"))
     _assert_same_run(_load(out / "one" / "seislm_111.npz"), _load(out / "two" / "seislm_121.npz"))
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh(runs):
     out, _ = runs
     for run_dir, saved in (("eight", "seislm_181.npz"), ("two", "seislm_121.npz")):
@@ -90,11 +93,13 @@ def test_restore_onto_another_mesh(runs):
             np.testing.assert_array_equal(restored[key], trained[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch(runs):
     out, _ = runs
     _assert_same_run(_load(out / "one" / "mae_111.npz"), _load(out / "one" / "mae_111_2.npz"))
 
 
+@pytest.mark.slow
 def test_fsdp_state_memory_is_an_eighth(runs):
     import json
 
@@ -127,6 +132,7 @@ def _wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, minimum: int) ->
     raise AssertionError(f"no checkpoint >= {minimum} appeared: {proc.communicate()[1][-2000:]}")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     straight = _cli_train(tmp_path / "straight")
     killed = _cli_train(tmp_path / "killed")
