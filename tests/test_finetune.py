@@ -143,6 +143,9 @@ def test_finetuning_starts_from_an_mae_run_of_this_engine(tmp_path):
     for name in ("blocks_3", "patch_embed", "cls_token", "norm"):
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params["encoder"][name]),
                      jax.tree.map(np.asarray, pretrained[name]))
+    # The engine builds its state under eval_shape/jit: the run must be read eagerly all the same.
+    assert main(["finetune", "--config", VARIANTS["segment"], "--workdir", str(tmp_path / "ft"), *QUICK,
+                 "--init", str(mae)]) == 0
     bad = load_config(VARIANTS["pick"], [f"init={mae}"])
     with pytest.raises(ValueError, match="holds 'mae' weights"):
         make_task(bad).init_params(jax.random.key(0))

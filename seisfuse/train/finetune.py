@@ -424,8 +424,15 @@ def _whole_model(task: FineTuneTask, kind: str, meta: Mapping[str, Any], weights
 
 @functools.lru_cache(maxsize=4)
 def _read_init(directory: str) -> tuple[str, dict[str, Any], Any]:
-    """(kind, model config dict, weights) of a `seisfuse convert` folder or a `seisfuse train` run
-    (its latest checkpoint's params), read once per process (init runs under eval_shape and jit)."""
+    """(kind, model config dict, weights as numpy) of a `seisfuse convert` folder or a `seisfuse
+    train` run (its latest checkpoint's params), read once per process. The first call usually
+    comes from inside `jax.eval_shape`/`jit` of init: the read runs eagerly all the same."""
+    with jax.ensure_compile_time_eval():
+        kind, config, weights = _read_init_eagerly(directory)
+    return kind, config, jax.tree.map(np.asarray, weights)
+
+
+def _read_init_eagerly(directory: str) -> tuple[str, dict[str, Any], Any]:
     from seisfuse.convert.common import CONFIG_FILE, PARAMS_DIR, load_converted
 
     path = Path(directory)
