@@ -52,6 +52,7 @@ class FineTuneTask:
     data_task: str = ""
     family: str = "sfm"
     trunk: str = "encoder"
+    optional_trunk_keys: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ parameters and state
 
@@ -73,7 +74,13 @@ class FineTuneTask:
                              f"{' or '.join(TRUNK_KINDS[self.family])} weights or a fine-tuned {self.family} "
                              "model")
         params = dict(nn.unbox(variables["params"]))
-        params[self.trunk] = _checked_like(self.trunk_from(meta, weights), params[self.trunk], self.init)
+        trunk = dict(self.trunk_from(meta, weights))
+        for key in self.optional_trunk_keys:  # in one model's trunk and not the other's
+            if key in params[self.trunk] and key not in trunk:
+                trunk[key] = params[self.trunk][key]
+            elif key not in params[self.trunk]:
+                trunk.pop(key, None)
+        params[self.trunk] = _checked_like(trunk, params[self.trunk], self.init)
         return {**variables, "params": jax.tree.map(_rebox, variables["params"], params,
                                                      is_leaf=lambda x: isinstance(x, nn.Partitioned))}
 
@@ -273,6 +280,8 @@ class SeisLMFineTune(FineTuneTask):
     num_samples: int = WINDOW
     family: str = "seislm"
     trunk: str = "wav2vec2"
+    # SeisLM's time-masking embedding: in pretraining and classifier trunks, deleted from the picker's.
+    optional_trunk_keys: tuple[str, ...] = ("masked_spec_embed",)
 
     @property
     def cfg(self) -> Any:
