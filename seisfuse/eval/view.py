@@ -258,15 +258,11 @@ def read_metrics(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def flat_values(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_values(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Nested dicts as {'a/b': value}; lists stay values (shown compactly)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flat_values(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    from seisfuse.train.config import flatten_tree
+
+    return flatten_tree(tree, "/")
 
 
 # ====================================================================== per-task collected data

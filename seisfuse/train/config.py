@@ -112,8 +112,8 @@ def resume_changes(run_dir: str | Path | epath.Path,
     the run's saved config raises, naming the keys (the run would silently become another)."""
     if not (epath.Path(run_dir) / RUN_CONFIG_FILE).exists():
         return {}
-    saved = _flatten(read_run_config(run_dir).to_dict())
-    new = _flatten(with_defaults(json.loads(config.to_json())).to_dict())
+    saved = flatten_tree(read_run_config(run_dir).to_dict())
+    new = flatten_tree(with_defaults(json.loads(config.to_json())).to_dict())
     differ = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new))
               if saved.get(k) != new.get(k)}
     fixed = {k: v for k, v in differ.items() if k.split(".")[0] not in RESUMABLE_KEYS}
@@ -125,11 +125,12 @@ def resume_changes(run_dir: str | Path | epath.Path,
     return differ
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_tree(tree: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as {'a.b': value} (`sep` between the keys); other values stay as they are."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_tree(value, sep, f"{prefix}{key}{sep}"))
         else:
             out[f"{prefix}{key}"] = value
     return out
