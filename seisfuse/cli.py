@@ -14,7 +14,9 @@ def _convert(args: argparse.Namespace, _overrides: list[str]) -> int:
     from seisfuse.convert import sfm as sfm_convert
     from seisfuse.convert.common import save_converted
     from seisfuse.convert.torch_format import read_torch_checkpoint
+    from seisfuse.train.checkpoint import probe_writable
 
+    probe_writable(args.output_dir)  # an unwritable output fails now, not after reading a 1 GB file
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checkpoint = read_torch_checkpoint(args.input)

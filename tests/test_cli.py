@@ -34,6 +34,13 @@ def test_convert_sfm_writes_a_directory_that_loads_back_identical(tmp_path, caps
     assert "already exists" in capsys.readouterr().err
 
 
+def test_convert_into_an_unwritable_place_fails_before_reading(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["convert", "sfm", str(tmp_path / "missing.pth"), str(blocker / "out")]) == 2
+    assert "cannot write" in capsys.readouterr().err  # named before the (missing) input is read
+
+
 def test_convert_reports_a_corrupt_file(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")

@@ -88,6 +88,16 @@ def test_unknown_width_needs_explicit_heads(tmp_path):
     assert (loaded.embed_dim, loaded.num_heads, loaded.decoder) == (48, 3, False)
 
 
+def test_unknown_decoder_width_assumes_maes_sixteen_heads_and_says_so(tmp_path):
+    cfg = MAEConfig.preset("tiny", decoder_embed_dim=48, decoder_num_heads=16)
+    save_like_sfm(build_reference(cfg), tmp_path / "odd_decoder.pth")
+    with pytest.warns(UserWarning, match="assuming MAE's 16 decoder heads"):
+        loaded, _ = load_sfm(tmp_path / "odd_decoder.pth")
+    assert loaded.decoder_num_heads == 16
+    loaded, _ = load_sfm(tmp_path / "odd_decoder.pth", decoder_num_heads=4)  # explicit: no guess
+    assert loaded.decoder_num_heads == 4
+
+
 def test_export_keeps_the_original_order_and_inverts_load(tiny_ref, tmp_path):
     path = tmp_path / "mae.pth"
     save_like_sfm(tiny_ref, path)

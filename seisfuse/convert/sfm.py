@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from seisfuse.models.mae import MAE_PRESETS, MAEConfig
 from seisfuse.models.sfm_heads import CUP_CHANNELS, CUP_SKIP_CHANNELS, SFMRegressor, SFMSegmenter
 
 Params = dict[str, Any]
+
+
+MAE_DECODER_HEADS = 16  # every MAE/SFM decoder preset's head count
 
 
 def _heads_for(width: int, depth: int, decoder: bool) -> int | None:
@@ -83,7 +87,12 @@ def infer_config(state: dict[str, Any], num_heads: int | None = None,
     if "decoder_embed.weight" in state:
         dwidth = np.shape(state["decoder_embed.weight"])[0]
         ddepth = _count_blocks(state, "decoder_blocks")
-        dheads = decoder_num_heads or _heads_for(dwidth, ddepth, decoder=True) or 16
+        dheads = decoder_num_heads or _heads_for(dwidth, ddepth, decoder=True)
+        if dheads is None:  # as the encoder, but MAE's decoders all use 16: the documented default
+            dheads = MAE_DECODER_HEADS
+            warnings.warn(f"no preset has decoder width {dwidth} and depth {ddepth}: assuming MAE's "
+                          f"{MAE_DECODER_HEADS} decoder heads; pass decoder_num_heads "
+                          "(--decoder-num-heads) if the model used another count", stacklevel=3)
         values.update(decoder=True, decoder_embed_dim=dwidth, decoder_depth=ddepth,
                       decoder_num_heads=dheads)
     table = sincos_pos_embed_2d(width, grid, grid)[None]
