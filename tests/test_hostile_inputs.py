@@ -283,7 +283,7 @@ def test_fuzz_tensor_records_load_exactly_or_are_refused(data, offset, numel, st
     with tempfile.TemporaryDirectory() as tmp:
         path = _zip(Path(tmp) / "t.pth", _tensor_pickle(size, stride, offset, numel), {"0": values.tobytes()})
         result = _check_inert(lambda: read_torch_checkpoint(path, max_bytes=FUZZ_BUDGET), Path(tmp))
-    valid = (numel == stored and len(size) == len(stride) and offset >= 0
+    valid = (numel == stored and len(size) == len(stride) and 0 <= offset < 2**63  # torch's int64
              and all(0 <= v < 2**48 for v in size) and all(0 <= v < 2**63 for v in stride))
     if valid and 0 not in size:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
