@@ -63,9 +63,9 @@ def jax_stepper(config):
 def torch_stepper(model_name: str, task, raw: dict[str, np.ndarray]):
     torch.manual_seed(0)
     if model_name == "sfm-segment":
-        from seisfuse.testing.sfm_finetune_torch import build_segmenter
+        from seisfuse.testing.sfm_finetune_torch import SegmentationRef
 
-        model = build_segmenter(task.cfg, task.num_classes).train()
+        model = SegmentationRef(task.cfg, task.num_classes, head_channels=task.model.head_channels).train()
         x = torch.from_numpy(raw["image"].transpose(0, 3, 1, 2).copy())
         y = torch.from_numpy(raw["label"].astype(np.int64))
         criterion = torch.nn.CrossEntropyLoss()
