@@ -190,6 +190,18 @@ def _view(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _engine_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """What `train` and `finetune` share: the config, the run folder, resume and multi-host start."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard and wandb files go here")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest intact checkpoint in workdir")
+    parser.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.set_defaults(run=_train, accepts_overrides=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seisfuse", description=__doc__,
                                      epilog="--debug (anywhere): show tracebacks instead of one-line errors")
@@ -210,31 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("train", help="pretrain or align models on a device mesh (MAE, SeisLM, align)",
                          description="Train from an experiment config. Override any config field with "
                                      "--config.a.b=value (or --a.b=value), e.g. --wandb.mode=disabled.")
-    fit.add_argument("--config", required=True,
-                     help="configs/FILE.py:VARIANT, e.g. configs/mae_pretrain.py:tiny")
-    fit.add_argument("--workdir", required=True, help="checkpoints, TensorBoard and wandb files go here")
-    fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in workdir")
-    fit.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
-    fit.add_argument("--num-processes", type=int, default=None)
-    fit.add_argument("--process-id", type=int, default=None)
-    fit.set_defaults(run=_train, accepts_overrides=True)
+    _engine_arguments(fit, "NAME:VARIANT or configs/FILE.py:VARIANT, e.g. mae_pretrain:tiny")
 
     finetune = sub.add_parser("finetune", help="fine-tune SFM (segment, regress) or SeisLM (pick, classify)",
                               description="Fine-tune a downstream head (and its trunk) from an experiment "
                                           "config, e.g. configs/sfm_finetune.py:facies-tiny or "
                                           "configs/seislm_finetune.py:pick-tiny. Same engine, mesh, "
                                           "checkpoints and --config.a.b=value overrides as `train`.")
-    finetune.add_argument("--config", required=True, help="configs/FILE.py:VARIANT")
-    finetune.add_argument("--workdir", required=True, help="checkpoints, TensorBoard and wandb files go here")
+    _engine_arguments(finetune, "NAME:VARIANT or configs/FILE.py:VARIANT, e.g. sfm_finetune:facies-tiny")
     finetune.add_argument("--init", default=None,
                           help="start from a `seisfuse convert` folder (pretrained or fine-tuned) or a "
                                "pretraining run of `seisfuse train` (default: the config's init, "
                                "else scratch)")
-    finetune.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    finetune.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
-    finetune.add_argument("--num-processes", type=int, default=None)
-    finetune.add_argument("--process-id", type=int, default=None)
-    finetune.set_defaults(run=_train, accepts_overrides=True)
 
     evaluate = sub.add_parser("evaluate", help="metrics and figures of a fine-tuning run on held-out data",
                               description="Evaluate a `seisfuse finetune` run: writes RUN/eval/metrics.json "
