@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import torch
 
-from seisfuse.testing.timing import alternate_rounds, median_rates
+from seisfuse.testing.timing import alternate_rounds, median_rates, print_ratio
 from seisfuse.train.config import load_config
 from seisfuse.train.loop import RandomBatches, Trainer
 from seisfuse.train.tasks import make_task
@@ -113,13 +113,8 @@ def main() -> None:
     task, raw, jax_run = jax_stepper(config)
     runners = {"jax": jax_run, "torch": torch_stepper(args.model, task, raw)}
     rate = median_rates(alternate_rounds(runners, args.rounds, args.steps, warmup=2))
-    print(f"device: jax {jax.devices()[0].device_kind} | torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
-    print(f"{args.model} ({preset}) fine-tuning step, batch {batch}, float32, {args.rounds} alternating "
-          f"rounds x {args.steps} steps (median)")
-    for name in runners:
-        print(f"  {name:6s} {rate[name]:.3f} steps/s  ({batch * rate[name]:.1f} examples/s)")
-    print(f"  ratio jax/torch = {rate['jax'] / rate['torch']:.2f}x")
+    print_ratio(rate, f"{args.model} ({preset}) fine-tuning step, batch {batch}, float32, "
+                f"{args.rounds} alternating rounds x {args.steps} steps (median)", batch, "examples")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 from seisfuse.models.mae import MAEConfig, MaskedAutoencoder
 from seisfuse.testing.mae_torch import MaskedAutoencoderViT
-from seisfuse.testing.timing import alternate_rounds, median_rates
+from seisfuse.testing.timing import alternate_rounds, median_rates, print_ratio
 from seisfuse.train.optim import mae_adamw
 
 LR, WD, BETAS, MASK_RATIO = 1.5e-4, 0.05, (0.9, 0.95), 0.75
@@ -92,13 +92,8 @@ def main() -> None:
     runners = {"jax": jax_stepper(cfg, images, noise),
                "torch": torch_stepper(cfg, images, noise, getattr(torch, args.dtype))}
     rate = median_rates(alternate_rounds(runners, args.rounds, args.steps, warmup=2))
-    print(f"device: jax {jax.devices()[0].device_kind} | torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
-    print(f"MAE {args.preset} pretraining step, batch {args.batch}, {args.dtype}, "
-          f"{args.rounds} alternating rounds x {args.steps} steps (median)")
-    for name in runners:
-        print(f"  {name:6s} {rate[name]:.3f} steps/s  ({args.batch * rate[name]:.1f} images/s)")
-    print(f"  ratio jax/torch = {rate['jax'] / rate['torch']:.2f}x")
+    print_ratio(rate, f"MAE {args.preset} pretraining step, batch {args.batch}, {args.dtype}, "
+                f"{args.rounds} alternating rounds x {args.steps} steps (median)", args.batch, "images")
 
 
 if __name__ == "__main__":
